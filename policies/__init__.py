@@ -1,0 +1,33 @@
+"""Residency and access policy: the model, its loader and its evaluation.
+
+The foundation of sovereign-stack: every other package reads the policy from here and this
+package imports none of them.
+"""
+
+from policies.evaluation import Decision, Effect, PolicyEvaluator
+from policies.loader import (
+    PolicyError,
+    PolicyProblem,
+    default_policy_path,
+    load_default_policy,
+    load_policy,
+    parse_policy,
+)
+from policies.model import DataClass, Permission, ResidencyPolicy, RuleAction, Site
+
+__all__ = [
+    "DataClass",
+    "Decision",
+    "Effect",
+    "Permission",
+    "PolicyError",
+    "PolicyEvaluator",
+    "PolicyProblem",
+    "ResidencyPolicy",
+    "RuleAction",
+    "Site",
+    "default_policy_path",
+    "load_default_policy",
+    "load_policy",
+    "parse_policy",
+]

@@ -1,0 +1,33 @@
+"""Assemble the Ray Serve application: the OpenAI ingress in front of the model server."""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from policies import PolicyEvaluator, ResidencyPolicy
+from serving.checkpoint import ModelCard, inspect_checkpoint
+from serving.config import ServingConfig
+from serving.ingress import OpenAIIngress
+from serving.llm_server import LLMServer
+from serving.tiny_model import TINY_MODEL_ID, ensure_tiny_checkpoint
+
+
+class ResidencyViolation(RuntimeError):
+    """The deployment would run somewhere the residency policy does not allow."""
+
+
+def resolve_model(config: ServingConfig) -> ModelCard:
+    """Find (or build) the checkpoint to serve and describe it, without loading its weights."""
+    if config.model_path is None:
+        tiny = ensure_tiny_checkpoint(config.cache_dir)
+        return inspect_checkpoint(tiny, config.served_model_name or TINY_MODEL_ID)
+    return inspect_checkpoint(config.model_path, config.served_model_name)
+
+
+def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -> Application:
+    """The application graph; refuses a site the policy does not place in-country."""
+    decision = PolicyEvaluator(policy).site_in_country(config.site)
+    if not decision.allowed:
+        raise ResidencyViolation(f"refusing to serve on site `{config.site}`: {decision.reason} ({decision.rule})")
+    model_server = LLMServer.bind(card, config.dtype)
+    return OpenAIIngress.bind(model_server, card, config.site, policy, config.default_enable_thinking)

@@ -1,0 +1,31 @@
+"""Settings of one embedded serving stack, as `sovereign up` and the tests build it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: Path | None = Field(
+        None, description="Local HF-format checkpoint directory; unset serves the tiny built-in A.X K1 model."
+    )
+    served_model_name: str | None = Field(
+        None, description="Model id clients send; defaults to `axk1-tiny` or the checkpoint directory's name."
+    )
+    site: str = Field("local", description="Policy site this deployment runs on; it must be in-country.")
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; `auto` keeps the checkpoint's."
+    )
+    default_enable_thinking: bool = Field(
+        False, description="Think Fusion mode for requests that do not set `chat_template_kwargs.enable_thinking`."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where the tiny model is built; defaults to $SOVEREIGN_CACHE_DIR or ~/.cache."
+    )

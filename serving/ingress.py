@@ -1,0 +1,382 @@
+"""The OpenAI-compatible HTTP ingress: a FastAPI app served by a Ray Serve deployment.
+
+No `from __future__ import annotations` here: FastAPI must see real types to read request bodies.
+
+It validates requests, resolves the model, calls `LLMServer` over a streaming handle and shapes
+OpenAI responses and server-sent-event chunks. It never imports torch.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from policies import ResidencyPolicy
+from serving.checkpoint import ModelCard
+from serving.errors import APIError
+from serving.generation import SamplingParams
+from serving.llm_server import GenerationJob
+from serving.protocol import ChatCompletionRequest, CompletionRequest
+
+logger = logging.getLogger("ray.serve")
+
+api = FastAPI(
+    title="sovereign-stack",
+    summary="OpenAI-compatible API for the sovereign A.X K1 model, served in-country.",
+    version="0.1.0",
+)
+
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse(request_error(error.errors()).body(), status_code=400)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    message = f"Invalid URL ({request.method} {request.url.path})" if error.status_code == 404 else error.detail
+    return JSONResponse(APIError(error.status_code, str(message)).body(), status_code=error.status_code)
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    logger.exception("unexpected error in the ingress", exc_info=error)
+    return JSONResponse(APIError(500, "internal server error; see the server log").body(), status_code=500)
+
+
+def request_error(errors: Any) -> APIError:
+    """Turn FastAPI's validation errors into one OpenAI-style 400 that names the offending field."""
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return APIError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
+    location = [str(part) for part in first["loc"] if part != "body"]
+    # Union members show up as type names in the location; they say nothing to the client.
+    location = [part for part in location if not part[:1].isupper() and "[" not in part]
+    param = ".".join(location) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "this field is required"
+    if param is None:
+        return APIError(400, f"Invalid request body: {message}.")
+    return APIError(400, f"Invalid value for `{param}`: {message}.", param)
+
+
+class _Stream:
+    """One choice's event stream from `LLMServer`, after its `start` event has been read."""
+
+    def __init__(self, response: DeploymentResponseGenerator) -> None:
+        self._response = response
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.thinking = False
+
+    async def start(self) -> None:
+        first = await self._next()
+        if first is None or first["event"] == "error":
+            raise APIError.from_event(first) if first else _model_failure()
+        self.prompt_tokens = first["prompt_tokens"]
+        self.thinking = first["thinking"]
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """`delta` events, then the `end` event."""
+        while (event := await self._next()) is not None:
+            if event["event"] == "end":
+                self.completion_tokens = event["completion_tokens"]
+            yield event
+            if event["event"] == "end":
+                return
+        raise _model_failure()
+
+    async def collect(self) -> tuple[str, str, dict[str, Any]]:
+        reasoning, content, end = [], [], {}
+        async for event in self.events():
+            if event["event"] == "delta":
+                reasoning.append(event["reasoning"])
+                content.append(event["content"])
+            else:
+                end = event
+        return "".join(reasoning), "".join(content), end
+
+    def cancel(self) -> None:
+        self._response.cancel()
+
+    async def _next(self) -> dict[str, Any] | None:
+        try:
+            return await self._response.__anext__()
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.error("model server failed during generation: %s", error)
+            raise _model_failure() from None
+
+
+def _model_failure() -> APIError:
+    return APIError(503, "the model server failed during generation; retry the request", code="model_unavailable")
+
+
+def _usage(streams: list[_Stream]) -> dict[str, int]:
+    prompt = sum(stream.prompt_tokens for stream in streams)
+    completion = sum(stream.completion_tokens for stream in streams)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _interleave(streams: list[_Stream]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Merge several choices' events as they arrive, tagged with the choice index."""
+    if len(streams) == 1:
+        async for event in streams[0].events():
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, dict[str, Any] | None | APIError]] = asyncio.Queue()
+
+    async def pump(index: int, stream: _Stream) -> None:
+        try:
+            async for event in stream.events():
+                await queue.put((index, event))
+            await queue.put((index, None))
+        except APIError as error:
+            await queue.put((index, error))
+
+    tasks = [asyncio.create_task(pump(index, stream)) for index, stream in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            index, item = await queue.get()
+            if isinstance(item, APIError):
+                raise item
+            if item is None:
+                remaining -= 1
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _event_stream(
+    chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream]
+) -> StreamingResponse:
+    return StreamingResponse(_sse(chunks, lambda: [stream.cancel() for stream in streams]),
+                             media_type="text/event-stream")
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]], cancel: Callable[[], object]) -> AsyncIterator[str]:
+    try:
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    except APIError as error:
+        # Headers are already sent; OpenAI clients read an error object from the stream instead.
+        yield f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
+    finally:
+        # On client disconnect this stops generation in the model server and frees its slot.
+        cancel()
+    yield "data: [DONE]\n\n"
+
+
+# Defined last: Serve's ingress wrapper captures the module's globals when it decorates the class.
+@serve.deployment(name="OpenAIIngress", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class OpenAIIngress:
+    def __init__(
+        self,
+        llm: DeploymentHandle,
+        card: ModelCard,
+        site: str,
+        policy: ResidencyPolicy,
+        default_enable_thinking: bool,
+    ) -> None:
+        self.llm = llm
+        self.card = card
+        self.site = site
+        self.policy = policy
+        self.default_enable_thinking = default_enable_thinking
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": self.card.id,
+            "site": self.site,
+            "policy": {
+                "name": self.policy.metadata.name,
+                "jurisdiction": self.policy.spec.jurisdiction.code,
+                "sha256": self.policy.digest(),
+            },
+        }
+
+    @api.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._model_object()]}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def retrieve_model(self, model_id: str) -> dict[str, Any]:
+        self._require_model(model_id, param=None)
+        return self._model_object()
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+        self._require_model(body.model)
+        enable_thinking = self.default_enable_thinking
+        if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
+            enable_thinking = body.chat_template_kwargs.enable_thinking
+        job = GenerationJob(
+            params=self._sampling(body, body.token_limit()),
+            messages=[{"role": m.template_role(), "content": m.text()} for m in body.messages],
+            enable_thinking=enable_thinking,
+            max_tokens_given=body.token_limit() is not None,
+        )
+        streams = await self._open([job])
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            chunks = self._chat_chunks(request_id, streams, body.include_usage())
+            return _event_stream(chunks, streams)
+        return JSONResponse(await self._chat_response(request_id, streams[0]))
+
+    @api.post("/v1/completions", response_model=None)
+    async def completions(self, body: CompletionRequest) -> JSONResponse | StreamingResponse:
+        self._require_model(body.model)
+        jobs = [
+            GenerationJob(
+                params=self._sampling(body, body.token_limit()),
+                prompt=prompt,
+                max_tokens_given=body.max_tokens is not None,
+            )
+            for prompt in body.prompts()
+        ]
+        streams = await self._open(jobs)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            return _event_stream(self._completion_chunks(request_id, streams, body.include_usage()), streams)
+        return JSONResponse(await self._completion_response(request_id, streams))
+
+    # -- generation plumbing -------------------------------------------------------------------
+
+    def _sampling(self, body: ChatCompletionRequest | CompletionRequest, limit: int | None) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=limit or self.card.max_model_len,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop_strings(),
+        )
+
+    async def _open(self, jobs: list[GenerationJob]) -> list[_Stream]:
+        """Start one generation per job and wait for each to accept or refuse its prompt."""
+        streams = [_Stream(self.llm.options(stream=True).generate.remote(job)) for job in jobs]
+        try:
+            await asyncio.gather(*(stream.start() for stream in streams))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
+
+    async def _chat_response(self, request_id: str, stream: _Stream) -> dict[str, Any]:
+        reasoning, content, end = await stream.collect()
+        message: dict[str, Any] = {"role": "assistant", "content": content if end["answer_started"] else None}
+        if stream.thinking:
+            message["reasoning"] = reasoning
+        return {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.card.id,
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": end["finish_reason"], "logprobs": None}
+            ],
+            "usage": _usage([stream]),
+        }
+
+    async def _completion_response(self, request_id: str, streams: list[_Stream]) -> dict[str, Any]:
+        results = await asyncio.gather(*(stream.collect() for stream in streams))
+        return {
+            "id": request_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.card.id,
+            "choices": [
+                {"index": index, "text": reasoning + content, "finish_reason": end["finish_reason"],
+                 "logprobs": None}
+                for index, (reasoning, content, end) in enumerate(results)
+            ],
+            "usage": _usage(streams),
+        }
+
+    async def _chat_chunks(
+        self, request_id: str, streams: list[_Stream], include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        stream = streams[0]
+        base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.card.id}
+        usage_field = {"usage": None} if include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return {**base, "choices": [choice], **usage_field}
+
+        yield chunk({"role": "assistant", "content": ""})
+        async for event in stream.events():
+            if event["event"] == "delta":
+                if event["reasoning"]:
+                    yield chunk({"reasoning": event["reasoning"]})
+                if event["content"]:
+                    yield chunk({"content": event["content"]})
+            else:
+                yield chunk({}, event["finish_reason"])
+        if include_usage:
+            yield {**base, "choices": [], "usage": _usage(streams)}
+
+    async def _completion_chunks(
+        self, request_id: str, streams: list[_Stream], include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        base = {"id": request_id, "object": "text_completion", "created": int(time.time()),
+                "model": self.card.id}
+        usage_field = {"usage": None} if include_usage else {}
+        async for index, event in _interleave(streams):
+            if event["event"] == "delta":
+                text, finish_reason = event["reasoning"] + event["content"], None
+                if not text:
+                    continue
+            else:
+                text, finish_reason = "", event["finish_reason"]
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            yield {**base, "choices": [choice], **usage_field}
+        if include_usage:
+            yield {**base, "choices": [], "usage": _usage(streams)}
+
+    # -- models ----------------------------------------------------------------------------------
+
+    def _model_object(self) -> dict[str, Any]:
+        return {
+            "id": self.card.id,
+            "object": "model",
+            "created": self.card.created,
+            "owned_by": "sovereign-stack",
+            "max_model_len": self.card.max_model_len,
+            "site": self.site,
+        }
+
+    def _require_model(self, model_id: str, param: str | None = "model") -> None:
+        if model_id != self.card.id:
+            raise APIError(
+                404,
+                f"The model `{model_id}` does not exist. Available models: {self.card.id}.",
+                param,
+                "model_not_found",
+            )

@@ -1,0 +1,113 @@
+"""The tiny default model: A.X K1's architecture at toy size, built locally with a fixed seed.
+
+It is written as an ordinary HF checkpoint directory (`config.json`, `model.safetensors`,
+`tokenizer.json`), so the server loads it exactly the way it loads a real A.X K1 checkpoint.
+Builds are cached by a digest of everything that shapes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from serving.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, training_corpus
+
+TINY_MODEL_ID = "axk1-tiny"
+SEED = 20260101
+CONTEXT_LENGTH = 2048
+# A.X K1's shape in miniature: layer 0 dense, the rest MoE; 8 routed experts in 4 groups with
+# sigmoid group-limited top-2 routing, one shared expert, MLA with low-rank q and kv projections.
+TINY_ARCHITECTURE: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 32,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "n_shared_experts": 1,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "n_group": 4,
+    "topk_group": 2,
+    "routed_scaling_factor": 2.5,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 32,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 16,
+    "v_head_dim": 16,
+    "max_position_embeddings": CONTEXT_LENGTH,
+    "first_k_dense_replace": 1,
+}
+_BUILD_VERSION = "1"
+
+
+def default_cache_dir() -> Path:
+    """Where built models are kept: `$SOVEREIGN_CACHE_DIR`, else the XDG cache directory."""
+    configured = os.environ.get("SOVEREIGN_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sovereign-stack"
+
+
+def build_digest() -> str:
+    """Changes whenever anything that shapes the tiny checkpoint changes."""
+    recipe = json.dumps(
+        {
+            "architecture": TINY_ARCHITECTURE,
+            "seed": SEED,
+            "special_tokens": SPECIAL_TOKENS,
+            "chat_template": CHAT_TEMPLATE,
+            "corpus": training_corpus(),
+            "version": _BUILD_VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> Path:
+    """Return the tiny checkpoint's directory, building it first if it is not cached yet."""
+    target = (cache_dir or default_cache_dir()) / "models" / f"{TINY_MODEL_ID}-{build_digest()}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so a crash never leaves a half-written checkpoint behind.
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_MODEL_ID}-", dir=target.parent))
+    try:
+        build_tiny_checkpoint(staging)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_tiny_checkpoint(directory: Path) -> None:
+    """Write the tokenizer, config and seeded random weights of the tiny model into `directory`."""
+    import torch
+    from transformers import AutoTokenizer, AXK1Config, AXK1ForCausalLM, GenerationConfig
+
+    from serving.tokenizer import build_tokenizer
+
+    build_tokenizer(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    config = AXK1Config(
+        **TINY_ARCHITECTURE,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(SEED)
+    model = AXK1ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(directory)
