@@ -108,14 +108,10 @@ class PolicyEvaluator:
         site = self._sites.get(site_name)
         if site is None:
             known = ", ".join(self._sites)
-            return Decision(
-                Effect.DENY, "spec.sites", f"site `{site_name}` is not in the policy; known sites: {known}"
-            )
+            return Decision(Effect.DENY, "spec.sites", f"site `{site_name}` is not in the policy; known sites: {known}")
         rule = f"spec.sites[{site.name}]"
         if site.country != self.jurisdiction:
-            return Decision(
-                Effect.DENY, rule, f"site `{site.name}` is in {site.country}, outside {self.jurisdiction}"
-            )
+            return Decision(Effect.DENY, rule, f"site `{site.name}` is in {site.country}, outside {self.jurisdiction}")
         return Decision(Effect.ALLOW, rule, f"site `{site.name}` is in {self.jurisdiction}")
 
     def may_send(self, data_class: DataClass | str, endpoint: str) -> Decision:
@@ -180,9 +176,7 @@ class PolicyEvaluator:
         registry = image_registry(image)
         for pattern in self._spec.image_registries:
             if _host_matches(registry, pattern):
-                return Decision(
-                    Effect.ALLOW, "spec.imageRegistries", f"registry `{registry}` is an allowed registry"
-                )
+                return Decision(Effect.ALLOW, "spec.imageRegistries", f"registry `{registry}` is an allowed registry")
         allowed = ", ".join(self._spec.image_registries)
         return Decision(
             Effect.DENY,

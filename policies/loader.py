@@ -66,9 +66,7 @@ def parse_policy(text: str, source: str = "<policy>") -> ResidencyPolicy:
     """Validate a policy document given as YAML text; `source` names it in errors."""
     data, lines = _parse_yaml(text, source)
     if not isinstance(data, dict):
-        raise PolicyError(
-            [PolicyProblem(source, 1, "", "expected a mapping with apiVersion, kind, metadata and spec")]
-        )
+        raise PolicyError([PolicyProblem(source, 1, "", "expected a mapping with apiVersion, kind, metadata and spec")])
     try:
         return ResidencyPolicy.model_validate(data)
     except ValidationError as error:
@@ -127,10 +125,8 @@ def _construct(node: yaml.Node, location: Location, context: _Context) -> Any:
 def _problem_from(detail: ErrorDetails, source: str, lines: dict[Location, int]) -> PolicyProblem:
     location = tuple(detail["loc"])
     line = _nearest_line(location, lines)
-    if detail["type"] == "extra_forbidden":
-        message = _unknown_field_message(location)
-    else:
-        message = _describe(detail)
+    unknown_field = detail["type"] == "extra_forbidden"
+    message = _unknown_field_message(location) if unknown_field else _describe(detail)
     return PolicyProblem(source, line, _dotted(location), message)
 
 

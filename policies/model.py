@@ -125,11 +125,10 @@ class Site(_Model):
         default_factory=dict,
         description="Labels every node of this site carries; admission pins pods to them.",
     )
-    cidrs: list[Network] = Field(
-        default_factory=list, description="Networks of the site as a whole, in CIDR notation."
-    )
+    cidrs: list[Network] = Field(default_factory=list, description="Networks of the site as a whole, in CIDR notation.")
     csap_tier: Literal["high", "medium", "low"] | None = Field(
-        None, description="Korean CSAP certification tier of the site, if certified. Public-sector tenants need it."
+        None,
+        description="Korean CSAP certification tier of the site, if certified. Public-sector tenants need it.",
     )
 
     @field_validator("zones")
@@ -150,9 +149,7 @@ class DataClassRule(_Model):
     in_country_only: bool = Field(
         description="Data of this class may only be processed or sent inside the jurisdiction."
     )
-    training_allowed: bool = Field(
-        description="Data of this class may be used in training or distillation sets."
-    )
+    training_allowed: bool = Field(description="Data of this class may be used in training or distillation sets.")
     description: str = Field("", description="What belongs to this class, for people reading the policy.")
 
 

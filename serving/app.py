@@ -24,10 +24,14 @@ def resolve_model(config: ServingConfig) -> ModelCard:
     return inspect_checkpoint(config.model_path, config.served_model_name)
 
 
-def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -> Application:
-    """The application graph; refuses a site the policy does not place in-country."""
-    decision = PolicyEvaluator(policy).site_in_country(config.site)
+def require_in_country_site(policy: ResidencyPolicy, site: str) -> None:
+    """Refuse to serve anywhere the policy does not place inside the jurisdiction."""
+    decision = PolicyEvaluator(policy).site_in_country(site)
     if not decision.allowed:
-        raise ResidencyViolation(f"refusing to serve on site `{config.site}`: {decision.reason} ({decision.rule})")
+        raise ResidencyViolation(f"refusing to serve on site `{site}`: {decision.reason} ({decision.rule})")
+
+
+def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -> Application:
+    """The application graph: the OpenAI ingress bound to the model server."""
     model_server = LLMServer.bind(card, config.dtype)
     return OpenAIIngress.bind(model_server, card, config.site, policy, config.default_enable_thinking)

@@ -24,7 +24,8 @@ class ServingConfig(BaseModel):
         "auto", description="Weight dtype; `auto` keeps the checkpoint's."
     )
     default_enable_thinking: bool = Field(
-        False, description="Think Fusion mode for requests that do not set `chat_template_kwargs.enable_thinking`."
+        False,
+        description="Think Fusion mode for requests that do not set `chat_template_kwargs.enable_thinking`.",
     )
     cache_dir: Path | None = Field(
         None, description="Where the tiny model is built; defaults to $SOVEREIGN_CACHE_DIR or ~/.cache."

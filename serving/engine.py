@@ -50,9 +50,7 @@ class TorchEngine:
     def starts_thinking(self, prompt_ids: list[int]) -> bool:
         return starts_in_think_block(prompt_ids, self.think_start_id, self.think_end_id)
 
-    def generate(
-        self, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event
-    ) -> Iterator[int]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event) -> Iterator[int]:
         """Yield sampled token ids until EOS, `max_tokens`, or cancellation."""
         generator = torch.Generator()
         generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))

@@ -29,8 +29,13 @@ class APIError(Exception):
 
     def as_event(self) -> dict[str, Any]:
         """The error as a generation-stream event, so it crosses process boundaries as plain data."""
-        return {"event": "error", "status": self.status, "message": self.message, "param": self.param,
-                "code": self.code}
+        return {
+            "event": "error",
+            "status": self.status,
+            "message": self.message,
+            "param": self.param,
+            "code": self.code,
+        }
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> APIError:

@@ -143,7 +143,7 @@ async def _interleave(streams: list[_Stream]) -> AsyncIterator[tuple[int, dict[s
         async for event in streams[0].events():
             yield 0, event
         return
-    queue: asyncio.Queue[tuple[int, dict[str, Any] | None | APIError]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, dict[str, Any] | APIError | None]] = asyncio.Queue()
 
     async def pump(index: int, stream: _Stream) -> None:
         try:
@@ -169,11 +169,10 @@ async def _interleave(streams: list[_Stream]) -> AsyncIterator[tuple[int, dict[s
             task.cancel()
 
 
-def _event_stream(
-    chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream]
-) -> StreamingResponse:
-    return StreamingResponse(_sse(chunks, lambda: [stream.cancel() for stream in streams]),
-                             media_type="text/event-stream")
+def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream]) -> StreamingResponse:
+    return StreamingResponse(
+        _sse(chunks, lambda: [stream.cancel() for stream in streams]), media_type="text/event-stream"
+    )
 
 
 async def _sse(chunks: AsyncIterator[dict[str, Any]], cancel: Callable[[], object]) -> AsyncIterator[str]:
@@ -297,9 +296,7 @@ class OpenAIIngress:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.card.id,
-            "choices": [
-                {"index": 0, "message": message, "finish_reason": end["finish_reason"], "logprobs": None}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": end["finish_reason"], "logprobs": None}],
             "usage": _usage([stream]),
         }
 
@@ -311,8 +308,12 @@ class OpenAIIngress:
             "created": int(time.time()),
             "model": self.card.id,
             "choices": [
-                {"index": index, "text": reasoning + content, "finish_reason": end["finish_reason"],
-                 "logprobs": None}
+                {
+                    "index": index,
+                    "text": reasoning + content,
+                    "finish_reason": end["finish_reason"],
+                    "logprobs": None,
+                }
                 for index, (reasoning, content, end) in enumerate(results)
             ],
             "usage": _usage(streams),
@@ -322,8 +323,12 @@ class OpenAIIngress:
         self, request_id: str, streams: list[_Stream], include_usage: bool
     ) -> AsyncIterator[dict[str, Any]]:
         stream = streams[0]
-        base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self.card.id}
+        base = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.card.id,
+        }
         usage_field = {"usage": None} if include_usage else {}
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -345,8 +350,12 @@ class OpenAIIngress:
     async def _completion_chunks(
         self, request_id: str, streams: list[_Stream], include_usage: bool
     ) -> AsyncIterator[dict[str, Any]]:
-        base = {"id": request_id, "object": "text_completion", "created": int(time.time()),
-                "model": self.card.id}
+        base = {
+            "id": request_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.card.id,
+        }
         usage_field = {"usage": None} if include_usage else {}
         async for index, event in _interleave(streams):
             if event["event"] == "delta":

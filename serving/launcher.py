@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies import ResidencyPolicy
-from serving.app import build_app, resolve_model
+from serving.app import build_app, require_in_country_site, resolve_model
 from serving.checkpoint import ModelCard
 from serving.config import ServingConfig
 
@@ -81,6 +81,7 @@ def start_stack(
     config: ServingConfig, policy: ResidencyPolicy, step: Callable[[str], None] = lambda _: None
 ) -> RunningStack:
     """Check, start Ray if needed, deploy the app and wait until it serves."""
+    require_in_country_site(policy, config.site)
     step("Preparing the model checkpoint")
     card = resolve_model(config)
     app = build_app(config, policy, card)

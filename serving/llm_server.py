@@ -90,8 +90,7 @@ class LLMServer:
         engine = self.engine
         if job.messages is not None:
             if engine.tokenizer.chat_template is None:
-                raise APIError(400, f"model `{self.card.id}` has no chat template; use /v1/completions",
-                               "messages")
+                raise APIError(400, f"model `{self.card.id}` has no chat template; use /v1/completions", "messages")
             try:
                 ids = engine.render_chat(job.messages, job.enable_thinking)
             except Exception as error:  # Jinja raises many types for templates that reject a conversation.

@@ -42,7 +42,8 @@ class ChatMessage(_Lenient):
 class ChatTemplateKwargs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enable_thinking: bool | None = Field(
-        None, description="Think Fusion: true returns a reasoning trace in `reasoning`, false answers directly."
+        None,
+        description="Think Fusion: true returns a reasoning trace in `reasoning`, false answers directly.",
     )
 
 

@@ -93,9 +93,11 @@ def build_tiny_checkpoint(directory: Path) -> None:
     """Write the tokenizer, config and seeded random weights of the tiny model into `directory`."""
     import torch
     from transformers import AutoTokenizer, AXK1Config, AXK1ForCausalLM, GenerationConfig
+    from transformers.utils import logging as transformers_logging
 
     from serving.tokenizer import build_tokenizer
 
+    transformers_logging.disable_progress_bar()
     build_tokenizer(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     config = AXK1Config(
@@ -107,7 +109,5 @@ def build_tiny_checkpoint(directory: Path) -> None:
     )
     torch.manual_seed(SEED)
     model = AXK1ForCausalLM(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(directory)

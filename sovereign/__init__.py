@@ -1,0 +1,1 @@
+"""The `sovereign` command line; each subcommand delegates to one of the packages."""

@@ -1,0 +1,3 @@
+from sovereign.cli import app
+
+app()

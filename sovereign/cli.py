@@ -1,0 +1,332 @@
+"""The `sovereign` command: thin subcommands that delegate to the packages.
+
+Heavy imports (torch, Ray) happen inside the commands that need them, so `--help` and
+`policy check` answer instantly.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from policies import (
+    DataClass,
+    Decision,
+    PolicyError,
+    PolicyEvaluator,
+    ResidencyPolicy,
+    default_policy_path,
+    load_default_policy,
+    load_policy,
+)
+
+if TYPE_CHECKING:
+    from serving.config import ServingConfig
+    from serving.launcher import RunningStack
+
+console = Console()
+errors = Console(stderr=True)
+
+app = typer.Typer(
+    name="sovereign",
+    help="Sovereign on-prem stack for the A.X K1 model: serve it in-country, enforce the residency policy.",
+    epilog="Start here: [bold]sovereign up[/bold], then call the printed OpenAI-compatible endpoint.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(
+    help="Validate and query residency policy documents.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+)
+app.add_typer(policy_app, name="policy")
+
+EXIT_FAILED = 1
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    if hint:
+        errors.print(f"[dim]hint:[/dim] {hint}", highlight=False)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _load(path: Path | None) -> ResidencyPolicy:
+    try:
+        return load_default_policy() if path is None else load_policy(path)
+    except PolicyError as error:
+        for problem in error.problems:
+            errors.print(f"[bold red]error:[/bold red] {problem}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+PolicyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        "-p",
+        help="Residency policy YAML; defaults to the shipped Korean policy.",
+        show_default=False,
+    ),
+]
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  [bold]sovereign up[/bold]  serve the tiny built-in A.X K1 model on http://127.0.0.1:8000\n\n"
+        "  [bold]sovereign up --model /data/A.X-K1 --port 9000[/bold]  serve a local HF checkpoint\n\n"
+        "  [bold]sovereign up --policy my-policy.yaml --site kr-seoul-1[/bold]  run as a policy site"
+    )
+)
+def up(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local HF-format checkpoint directory (config.json, *.safetensors, tokenizer.json). "
+            "Without it, a tiny A.X K1-architecture model is built locally.",
+            show_default=False,
+        ),
+    ] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(help="Model id clients send; defaults to the directory name.", show_default=False),
+    ] = None,
+    policy: PolicyFile = None,
+    site: Annotated[str, typer.Option(help="Policy site this machine belongs to; it must be in-country.")] = "local",
+    host: Annotated[str, typer.Option(help="Address to listen on. Keep loopback unless a gateway fronts it.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the OpenAI-compatible API.")] = 8000,
+    dtype: Annotated[str, typer.Option(help="Weight dtype: auto, float32, bfloat16 or float16.")] = "auto",
+    think: Annotated[
+        bool,
+        typer.Option(
+            "--think/--no-think",
+            help="Default Think Fusion mode when a request does not set enable_thinking.",
+        ),
+    ] = False,
+) -> None:
+    """Start the whole stack on this machine: Ray, Ray Serve and the OpenAI-compatible API.
+
+    The residency policy is loaded first and the serving site is checked against it. The command
+    stays up until Ctrl-C, then shuts everything down cleanly.
+    """
+    from pydantic import ValidationError
+
+    started = time.monotonic()
+    residency = _load(policy)
+    try:
+        from serving.config import ServingConfig
+    except ImportError as error:
+        fail(
+            f"serving is not installed ({error.name} is missing)",
+            "install it with: pip install 'sovereign-stack[serving]'",
+        )
+    try:
+        config = ServingConfig(
+            model_path=model,
+            served_model_name=served_model_name,
+            site=site,
+            host=host,
+            port=port,
+            dtype=dtype,
+            default_enable_thinking=think,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+
+    stack = _start(config, residency)
+    _print_ready(stack, residency, time.monotonic() - started)
+    _wait_for_interrupt()
+    with console.status("Shutting down Ray Serve and Ray"):
+        stack.stop()
+    console.print("[green]Stopped.[/green]")
+
+
+def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
+    from serving.app import ResidencyViolation
+    from serving.checkpoint import CheckpointError
+    from serving.launcher import DeploymentFailed, PortInUse, start_stack
+
+    last: list[tuple[str, float]] = []
+
+    def step(name: str) -> None:
+        now = time.monotonic()
+        if last:
+            console.print(f"[green]✓[/green] {last[-1][0]} [dim]({now - last[-1][1]:.1f} s)[/dim]")
+        last.append((name, now))
+        status.update(f"{name}…")
+
+    try:
+        with console.status("Starting…") as status:
+            stack = start_stack(config, residency, step)
+            step("")
+    except CheckpointError as error:
+        fail(str(error), "point --model at a local checkpoint directory, or omit it for the tiny model")
+    except ResidencyViolation as error:
+        fail(str(error), "choose an in-country site with --site; `sovereign policy check` lists them")
+    except PortInUse as error:
+        fail(str(error))
+    except DeploymentFailed as error:
+        fail(str(error), "the Ray Serve logs are under /tmp/ray/session_latest/logs/serve/")
+    return stack
+
+
+def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float) -> None:
+    base_url = stack.base_url
+    model_id = stack.card.id
+    body = (
+        f'{{"model": "{model_id}", "messages": [{{"role": "user", "content": "안녕하세요!"}}], '
+        f'"max_tokens": 64, "chat_template_kwargs": {{"enable_thinking": true}}}}'
+    )
+    lines = [
+        f"[bold green]Serving {model_id}[/bold green] in {elapsed:.1f} s "
+        f"[dim](policy {residency.metadata.name}, site {stack.config.site})[/dim]",
+        "",
+        f"OpenAI API   {base_url}/v1",
+        f"Models       {base_url}/v1/models",
+        f"Health       {base_url}/healthz",
+        f"API docs     {base_url}/docs",
+        "",
+        "Try it:",
+        f"  curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"    -d '{body}'",
+        "",
+        f"  OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY=unused  [dim](for the openai client)[/dim]",
+        "",
+        "[dim]Ctrl-C stops the stack.[/dim]",
+    ]
+    console.print(Panel("\n".join(lines), title="sovereign-stack", expand=False), soft_wrap=True)
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Policy YAML to validate; defaults to the shipped Korean policy.", show_default=False),
+    ] = None,
+) -> None:
+    """Validate a residency policy document and print a summary.
+
+    Every problem is reported with its file, line and field. Exit status 0 means valid, 1 invalid.
+    """
+    residency = _load(file)
+    spec = residency.spec
+    evaluator = PolicyEvaluator(residency)
+    console.print(
+        f"[bold green]✓ valid[/bold green] {file or default_policy_path()}: policy [bold]{residency.metadata.name}"
+        f"[/bold], jurisdiction {spec.jurisdiction.code} ({spec.jurisdiction.name})",
+        highlight=False,
+    )
+    sites = Table(title="Sites")
+    for column in ("site", f"in {spec.jurisdiction.code}", "region", "zones", "CSAP", "CIDRs"):
+        sites.add_column(column, no_wrap=column in {"site", "CIDRs"})
+    for site in spec.sites:
+        in_country = evaluator.site_in_country(site.name).allowed
+        sites.add_row(
+            site.name,
+            "yes" if in_country else f"[red]no ({site.country})[/red]",
+            site.region,
+            ", ".join(zone.name for zone in site.zones),
+            site.csap_tier or "-",
+            ", ".join(str(network) for network in site.cidrs),
+        )
+    classes = Table("data class", "action", "in-country only", "training", title="Data classes")
+    for data_class in DataClass:
+        rule = spec.data_classes.rule_for(data_class)
+        classes.add_row(data_class.value, rule.action.value, _yes(rule.in_country_only), _yes(rule.training_allowed))
+    egress = Table("egress rule", "country", "destinations", "ports", title="Egress allowlist (default: deny)")
+    for rule in spec.egress.allow:
+        destinations = [*map(str, rule.cidrs), *rule.hosts]
+        egress.add_row(rule.name, rule.country, ", ".join(destinations), ", ".join(map(str, rule.ports)) or "any")
+    roles = Table("role", "permissions", title="Roles")
+    for name, role in spec.roles.items():
+        roles.add_row(name, ", ".join(str(permission) for permission in role.permissions))
+    for table in (sites, classes, egress, roles):
+        console.print(table)
+    console.print(
+        f"Image registries: {', '.join(spec.image_registries)}; audit kept {spec.audit.retention_days} "
+        f"days; digest sha256:{residency.digest()[:16]}…",
+        highlight=False,
+    )
+
+
+@policy_app.command(
+    "decide",
+    epilog=(
+        "Examples:\n\n"
+        "  [bold]sovereign policy decide --role auditor --action registry.promote[/bold]\n\n"
+        "  [bold]sovereign policy decide --data-class personal --endpoint https://api.example.com[/bold]\n\n"
+        "  [bold]sovereign policy decide --site kr-seoul-1[/bold]"
+    ),
+)
+def policy_decide(
+    policy: PolicyFile = None,
+    role: Annotated[str | None, typer.Option(help="Role to ask about, with --action.", show_default=False)] = None,
+    action: Annotated[
+        str | None,
+        typer.Option(help="Action such as inference, deploy, registry.promote.", show_default=False),
+    ] = None,
+    data_class: Annotated[
+        DataClass | None, typer.Option(help="Data class to send, with --endpoint.", show_default=False)
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="URL, host, host:port or IP the data would go to.", show_default=False)
+    ] = None,
+    site: Annotated[str | None, typer.Option(help="Site to check for residency.", show_default=False)] = None,
+) -> None:
+    """Ask the policy one question and print the decision with the rule that made it.
+
+    Exit status 0 when allowed (possibly after redaction), 1 when denied: usable in scripts.
+    """
+    evaluator = PolicyEvaluator(_load(policy))
+    try:
+        if role is not None and action is not None:
+            decision = evaluator.may(role, action)
+        elif data_class is not None and endpoint is not None:
+            decision = evaluator.may_send(data_class, endpoint)
+        elif site is not None:
+            decision = evaluator.site_in_country(site)
+        else:
+            raise typer.BadParameter("give --role with --action, --data-class with --endpoint, or --site")
+    except ValueError as error:
+        fail(str(error))
+    _print_decision(decision)
+    if not decision.allowed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@policy_app.command("default")
+def policy_default() -> None:
+    """Print the shipped Korean policy, to copy and adapt: sovereign policy default > my-policy.yaml"""
+    print(default_policy_path().read_text(encoding="utf-8"), end="")
+
+
+def _print_decision(decision: Decision) -> None:
+    colour = {"allow": "green", "redact": "yellow", "deny": "red"}[decision.effect.value]
+    console.print(f"[bold {colour}]{decision.effect.value}[/bold {colour}]  {decision.reason}", highlight=False)
+    console.print(f"[dim]rule:[/dim] {decision.rule}", highlight=False)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
