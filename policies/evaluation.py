@@ -159,14 +159,16 @@ class PolicyEvaluator:
         try:
             permission = Permission(action)
         except ValueError:
-            valid = ", ".join(permission.value for permission in Permission)
-            raise ValueError(f"unknown action `{action}`; expected one of: {valid}") from None
+            permission = Permission.ALL
+        if permission is Permission.ALL:
+            valid = ", ".join(p.value for p in Permission if p is not Permission.ALL)
+            raise ValueError(f"unknown action `{action}`; expected one of: {valid}")
         granted = self._spec.roles.get(role)
         if granted is None:
             known = ", ".join(self._spec.roles)
             return Decision(Effect.DENY, "spec.roles", f"role `{role}` is not in the policy; known roles: {known}")
         rule = f"spec.roles.{role}"
-        if "*" in granted.permissions or permission in granted.permissions:
+        if Permission.ALL in granted.permissions or permission in granted.permissions:
             return Decision(Effect.ALLOW, rule, f"role `{role}` may {permission.value}")
         held = ", ".join(str(p) for p in granted.permissions)
         return Decision(Effect.DENY, rule, f"role `{role}` may not {permission.value}; it may: {held}")

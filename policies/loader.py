@@ -71,7 +71,7 @@ def parse_policy(text: str, source: str = "<policy>") -> ResidencyPolicy:
         return ResidencyPolicy.model_validate(data)
     except ValidationError as error:
         problems = [_problem_from(detail, source, lines) for detail in error.errors(include_url=False)]
-        raise PolicyError(problems) from None
+        raise PolicyError(sorted(problems, key=lambda problem: problem.line or 0)) from None
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[Location, int]]:
@@ -123,11 +123,23 @@ def _construct(node: yaml.Node, location: Location, context: _Context) -> Any:
 
 
 def _problem_from(detail: ErrorDetails, source: str, lines: dict[Location, int]) -> PolicyProblem:
-    location = tuple(detail["loc"])
+    location = _data_location(detail, lines)
     line = _nearest_line(location, lines)
     unknown_field = detail["type"] == "extra_forbidden"
     message = _unknown_field_message(location) if unknown_field else _describe(detail)
     return PolicyProblem(source, line, _dotted(location), message)
+
+
+def _data_location(detail: ErrorDetails, lines: dict[Location, int]) -> Location:
+    """The error's location in the document, without the union-member tags pydantic inserts."""
+    location: Location = ()
+    parts = detail["loc"]
+    for index, part in enumerate(parts):
+        candidate = (*location, part)
+        # A missing field is absent from the document by definition, so its name cannot be looked up.
+        if candidate in lines or (detail["type"] == "missing" and index == len(parts) - 1):
+            location = candidate
+    return location
 
 
 def _describe(detail: ErrorDetails) -> str:

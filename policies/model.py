@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import re
 from enum import StrEnum
-from ipaddress import IPv4Network, IPv6Network
-from typing import Annotated, Literal
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -37,7 +40,23 @@ CountryCode = Annotated[
     StringConstraints(pattern=r"^[A-Z]{2}$"),
     Field(description="ISO 3166-1 alpha-2 country code in upper case, e.g. `KR`."),
 ]
-Network = IPv4Network | IPv6Network
+
+
+def _parse_network(value: Any) -> IPv4Network | IPv6Network:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    try:
+        return ip_network(str(value))
+    except ValueError:
+        raise ValueError("expected a network in CIDR notation with zero host bits, such as 10.0.0.0/16") from None
+
+
+Network = Annotated[
+    IPv4Network | IPv6Network,
+    PlainValidator(_parse_network),
+    PlainSerializer(str),
+    WithJsonSchema({"type": "string", "format": "cidr"}),
+]
 _HOST_PATTERN = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -69,8 +88,9 @@ class RuleAction(StrEnum):
 
 
 class Permission(StrEnum):
-    """Every action a role can be granted. `*` in a role grants all of them."""
+    """Every action a role can be granted; `*` grants all of them."""
 
+    ALL = "*"
     INFERENCE = "inference"
     DEPLOY = "deploy"
     REGISTRY_REGISTER = "registry.register"
@@ -201,7 +221,7 @@ class Egress(_Model):
 
 class Role(_Model):
     description: str = Field("", description="Who holds this role.")
-    permissions: list[Permission | Literal["*"]] = Field(
+    permissions: list[Permission] = Field(
         min_length=1, description="Actions the role may perform; `*` grants every action."
     )
 

@@ -59,14 +59,21 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     return JSONResponse(APIError(500, "internal server error; see the server log").body(), status_code=500)
 
 
+# Pydantic names union members in error locations (`str`, `list[str]`, `TextPart`); clients never see those.
+_UNION_TAGS = {"str", "int", "float", "bool", "none"}
+
+
 def request_error(errors: Any) -> APIError:
     """Turn FastAPI's validation errors into one OpenAI-style 400 that names the offending field."""
-    first = errors[0]
+    # For a union, "wrong type for this member" says least about what the client got wrong.
+    first = sorted(errors, key=lambda error: error["type"].endswith("_type"))[0]
     if first["type"] == "json_invalid":
         return APIError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
-    location = [str(part) for part in first["loc"] if part != "body"]
-    # Union members show up as type names in the location; they say nothing to the client.
-    location = [part for part in location if not part[:1].isupper() and "[" not in part]
+    location = [
+        str(part)
+        for part in first["loc"][1:]
+        if str(part) not in _UNION_TAGS and "[" not in str(part) and not str(part)[:1].isupper()
+    ]
     param = ".".join(location) or None
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":

@@ -54,13 +54,14 @@ class RunningStack:
         return f"http://{host}:{self.config.port}"
 
     def stop(self) -> None:
-        """Delete the app and Serve; stop Ray too if this stack started it."""
+        """Stop Serve, or the whole local Ray cluster (Serve included) when this stack started it."""
         import ray
         from ray import serve
 
-        serve.shutdown()
         if self.started_ray:
             ray.shutdown()
+        else:
+            serve.shutdown()
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -82,16 +83,18 @@ def start_stack(
 ) -> RunningStack:
     """Check, start Ray if needed, deploy the app and wait until it serves."""
     require_in_country_site(policy, config.site)
+    check_port_free(config.host, config.port)
     step("Preparing the model checkpoint")
     card = resolve_model(config)
     app = build_app(config, policy, card)
-    check_port_free(config.host, config.port)
 
     step("Starting Ray")
     os.environ.update(EMBEDDED_ENVIRONMENT)
     import ray
     from ray import serve
 
+    # Serve's INFO lines would interleave with the command's own progress output.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # OpenAI's completions endpoint returns 16 tokens when `max_tokens` is not given.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
 
 
 class _Lenient(BaseModel):
@@ -56,8 +60,8 @@ class _SamplingRequest(_Lenient):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
     temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy and deterministic.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
-        None, description="Up to 4 strings that end generation; they are not returned."
+    stop: Annotated[list[str], BeforeValidator(_as_list), Field(max_length=4)] | None = Field(
+        None, description="A string or up to 4 strings that end generation; they are not returned."
     )
     seed: int | None = Field(None, description="Seed for reproducible sampling.")
     stream: bool = Field(False, description="Stream chunks as server-sent events.")
@@ -82,9 +86,7 @@ class _SamplingRequest(_Lenient):
         return value
 
     def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(self.stop or ())
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -52,13 +53,14 @@ policy_app = typer.Typer(
 app.add_typer(policy_app, name="policy")
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
-def fail(message: str, hint: str | None = None) -> NoReturn:
-    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+def fail(message: str, hint: str | None = None, exit_code: int = EXIT_FAILED) -> NoReturn:
+    errors.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        errors.print(f"[dim]hint:[/dim] {hint}", highlight=False)
-    raise typer.Exit(EXIT_FAILED)
+        errors.print(f"[dim]hint:[/dim] {escape(hint)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
 
 
 def _load(path: Path | None) -> ResidencyPolicy:
@@ -66,7 +68,7 @@ def _load(path: Path | None) -> ResidencyPolicy:
         return load_default_policy() if path is None else load_policy(path)
     except PolicyError as error:
         for problem in error.problems:
-            errors.print(f"[bold red]error:[/bold red] {problem}", highlight=False)
+            errors.print(f"[bold red]error:[/bold red] {escape(str(problem))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -187,28 +189,27 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
 def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float) -> None:
     base_url = stack.base_url
     model_id = stack.card.id
-    body = (
-        f'{{"model": "{model_id}", "messages": [{{"role": "user", "content": "안녕하세요!"}}], '
-        f'"max_tokens": 64, "chat_template_kwargs": {{"enable_thinking": true}}}}'
-    )
-    lines = [
-        f"[bold green]Serving {model_id}[/bold green] in {elapsed:.1f} s "
+    summary = [
+        f"[bold green]Serving {escape(model_id)}[/bold green] in {elapsed:.1f} s "
         f"[dim](policy {residency.metadata.name}, site {stack.config.site})[/dim]",
         "",
         f"OpenAI API   {base_url}/v1",
         f"Models       {base_url}/v1/models",
         f"Health       {base_url}/healthz",
         f"API docs     {base_url}/docs",
-        "",
-        "Try it:",
-        f"  curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\",
-        f"    -d '{body}'",
-        "",
-        f"  OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY=unused  [dim](for the openai client)[/dim]",
-        "",
-        "[dim]Ctrl-C stops the stack.[/dim]",
     ]
-    console.print(Panel("\n".join(lines), title="sovereign-stack", expand=False), soft_wrap=True)
+    console.print(Panel("\n".join(summary), title="sovereign-stack", expand=False), highlight=False)
+    body = (
+        f'{{"model": "{model_id}", "messages": [{{"role": "user", "content": "안녕하세요!"}}], '
+        f'"max_tokens": 64, "chat_template_kwargs": {{"enable_thinking": true}}}}'
+    )
+    # Plain prints: commands meant for copying must not be cropped or wrapped by rich.
+    print("Try it:")
+    print(f"  curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\")
+    print(f"    -d '{body}'")
+    print("For the openai client:")
+    print(f"  export OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY=unused")
+    console.print("[dim]Ctrl-C stops the stack.[/dim]")
 
 
 def _wait_for_interrupt() -> None:
@@ -234,9 +235,11 @@ def policy_check(
     spec = residency.spec
     evaluator = PolicyEvaluator(residency)
     console.print(
-        f"[bold green]✓ valid[/bold green] {file or default_policy_path()}: policy [bold]{residency.metadata.name}"
+        f"[bold green]✓ valid[/bold green] {escape(str(file or default_policy_path()))}: policy "
+        f"[bold]{residency.metadata.name}"
         f"[/bold], jurisdiction {spec.jurisdiction.code} ({spec.jurisdiction.name})",
         highlight=False,
+        soft_wrap=True,
     )
     sites = Table(title="Sites")
     for column in ("site", f"in {spec.jurisdiction.code}", "region", "zones", "CSAP", "CIDRs"):
@@ -308,7 +311,7 @@ def policy_decide(
         elif site is not None:
             decision = evaluator.site_in_country(site)
         else:
-            raise typer.BadParameter("give --role with --action, --data-class with --endpoint, or --site")
+            fail("give --role with --action, --data-class with --endpoint, or --site", exit_code=EXIT_USAGE)
     except ValueError as error:
         fail(str(error))
     _print_decision(decision)
@@ -324,8 +327,12 @@ def policy_default() -> None:
 
 def _print_decision(decision: Decision) -> None:
     colour = {"allow": "green", "redact": "yellow", "deny": "red"}[decision.effect.value]
-    console.print(f"[bold {colour}]{decision.effect.value}[/bold {colour}]  {decision.reason}", highlight=False)
-    console.print(f"[dim]rule:[/dim] {decision.rule}", highlight=False)
+    console.print(
+        f"[bold {colour}]{decision.effect.value}[/bold {colour}]  {escape(decision.reason)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"[dim]rule:[/dim] {escape(decision.rule)}", highlight=False, soft_wrap=True)
 
 
 def _yes(value: bool) -> str:
