@@ -1,0 +1,89 @@
+"""`sovereign up` as a user runs it: a subprocess that serves, prints a working example and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+READY_LINE = "Ctrl-C stops the stack."
+
+
+class Output:
+    """Collects a process's output lines on a thread, so the test can wait for one with a deadline."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(process,), daemon=True).start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        while True:
+            line = self._queue.get(timeout=timeout)
+            if line is None:
+                raise AssertionError("process ended before printing " + repr(text) + ":\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if text in line:
+                return
+
+    def rest(self, timeout: float) -> list[str]:
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+        return self.lines
+
+
+@pytest.fixture(scope="module")
+def running_up(allocate_port: Callable[[], int]) -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
+    port = allocate_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sovereign", "up", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    output = Output(process)
+    try:
+        output.wait_for(READY_LINE, timeout=180)
+        yield process, output, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_up_serves_and_prints_a_working_example(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
+    _, output, port = running_up
+    text = "\n".join(output.lines)
+    assert re.search(r"Serving axk1-tiny in \d+\.\d s \(policy kr-default, site local\)", text)
+    assert f"OpenAI API   http://127.0.0.1:{port}/v1" in text
+    body = re.search(r"-d '(.*)'$", text, flags=re.MULTILINE)
+    assert body, text
+    response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=json.loads(body.group(1)), timeout=60)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["reasoning"]
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["policy"]["name"] == "kr-default"
+
+
+def test_ctrl_c_shuts_down_cleanly(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
+    process, output, port = running_up
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    assert output.rest(timeout=10)[-1] == "Stopped."
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
