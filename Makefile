@@ -5,6 +5,10 @@ BIN         := $(VENV)/bin
 # Pinned so pip takes the CPU wheel on disk instead of pulling gigabytes of CUDA packages.
 TORCH       := torch==2.13.0
 STAMP       := $(VENV)/.installed
+# uv installs in seconds where pip takes minutes; it is handed pip's own find-links (where this
+# machine keeps the CPU torch wheel), since uv does not read pip's configuration.
+FIND_LINKS  ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_FLAGS    := $(foreach link,$(FIND_LINKS),--find-links $(link))
 # Debian packages the test suite drives for real; installed only when missing.
 SYSTEM_PACKAGES ?=
 
@@ -12,10 +16,11 @@ SYSTEM_PACKAGES ?=
 
 install: $(STAMP)
 
-# One pip call so the resolver settles every pin together; re-runs only when pyproject.toml changes.
+# One resolver run settles every pin together; it re-runs only when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH) -e ".[dev]"
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --quiet uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_FLAGS) $(TORCH) -e ".[dev]"
 	@touch $@
 
 up: install
@@ -36,7 +41,7 @@ test: install system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python -m tests.benchmarks.startup
+	$(BIN)/python tests/benchmarks/startup.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
