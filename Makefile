@@ -6,7 +6,9 @@ BIN         := $(VENV)/bin
 TORCH       := torch==2.13.0
 STAMP       := $(VENV)/.installed
 # uv installs in seconds where pip takes minutes; it is handed pip's own find-links (where this
-# machine keeps the CPU torch wheel), since uv does not read pip's configuration.
+# machine keeps the CPU torch wheel), since uv does not read pip's configuration. Bytecode is
+# compiled at install time: with PYTHONDONTWRITEBYTECODE set, every Ray worker would otherwise
+# recompile torch, transformers and Ray from source at each start.
 FIND_LINKS  ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_FLAGS    := $(foreach link,$(FIND_LINKS),--find-links $(link))
 # Debian packages the test suite drives for real; installed only when missing.
@@ -20,7 +22,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --quiet uv
-	$(BIN)/uv pip install --quiet --python $(BIN)/python $(UV_FLAGS) $(TORCH) -e ".[dev]"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(UV_FLAGS) $(TORCH) -e ".[dev]"
 	@touch $@
 
 up: install

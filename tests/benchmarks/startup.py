@@ -59,6 +59,8 @@ def run_make_up(clone: Path, caches: Path) -> dict[str, float]:
         for line in process.stdout:
             if "uv pip install" in line:
                 timings["venv ready, install starts"] = time.monotonic() - started
+            if (step := re.search(r"✓ (.+) \((\d+\.\d) s\)", line)) is not None:
+                timings[f"  step: {step.group(1)}"] = float(step.group(2))
             if (match := re.search(r"Serving \S+ in (\d+\.\d) s", line)) is not None:
                 timings["sovereign up (its own clock)"] = float(match.group(1))
             if "Ctrl-C stops the stack." in line:
