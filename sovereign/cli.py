@@ -6,6 +6,7 @@ Heavy imports (torch, Ray) happen inside the commands that need them, so `--help
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -317,6 +318,12 @@ def policy_decide(
     _print_decision(decision)
     if not decision.allowed:
         raise typer.Exit(EXIT_FAILED)
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the policy document's JSON Schema, generated from the models, for editors and validators."""
+    print(json.dumps(ResidencyPolicy.model_json_schema(by_alias=True), indent=2, ensure_ascii=False))
 
 
 @policy_app.command("default")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -143,3 +144,19 @@ def test_up_with_a_bad_option_value() -> None:
     assert result.stderr.strip() == "error: --dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"
     result = runner.invoke(app, ["up", "--port", "70000"])
     assert result.exit_code == 2
+
+
+def test_policy_schema_describes_every_field() -> None:
+    result = runner.invoke(app, ["policy", "schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    models = {"ResidencyPolicy": schema, **schema["$defs"]}
+    undocumented = [
+        f"{model}.{name}"
+        for model, definition in models.items()
+        for name, field in definition.get("properties", {}).items()
+        if not field.get("description")
+    ]
+    assert undocumented == []
+    assert "unique-identifier" in schema["$defs"]["DataClassRules"]["properties"]
+    assert schema["$defs"]["Site"]["properties"]["cidrs"]["items"] == {"type": "string", "format": "cidr"}
