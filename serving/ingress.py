@@ -176,6 +176,29 @@ async def _interleave(streams: list[_Stream]) -> AsyncIterator[tuple[int, dict[s
             task.cancel()
 
 
+async def _chat_choices(stream: _Stream) -> AsyncIterator[dict[str, Any]]:
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+    yield choice({"role": "assistant", "content": ""})
+    async for event in stream.events():
+        if event["event"] == "end":
+            yield choice({}, event["finish_reason"])
+            continue
+        if event["reasoning"]:
+            yield choice({"reasoning": event["reasoning"]})
+        if event["content"]:
+            yield choice({"content": event["content"]})
+
+
+async def _completion_choices(streams: list[_Stream]) -> AsyncIterator[dict[str, Any]]:
+    async for index, event in _interleave(streams):
+        if event["event"] == "end":
+            yield {"index": index, "text": "", "logprobs": None, "finish_reason": event["finish_reason"]}
+        elif text := event["reasoning"] + event["content"]:
+            yield {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+
+
 def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream]) -> StreamingResponse:
     return StreamingResponse(
         _sse(chunks, lambda: [stream.cancel() for stream in streams]), media_type="text/event-stream"
@@ -250,7 +273,9 @@ class OpenAIIngress:
         streams = await self._open([job])
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
-            chunks = self._chat_chunks(request_id, streams, body.include_usage())
+            chunks = self._chunks(
+                request_id, "chat.completion.chunk", _chat_choices(streams[0]), streams, body.include_usage()
+            )
             return _event_stream(chunks, streams)
         return JSONResponse(await self._chat_response(request_id, streams[0]))
 
@@ -268,7 +293,10 @@ class OpenAIIngress:
         streams = await self._open(jobs)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
-            return _event_stream(self._completion_chunks(request_id, streams, body.include_usage()), streams)
+            chunks = self._chunks(
+                request_id, "text_completion", _completion_choices(streams), streams, body.include_usage()
+            )
+            return _event_stream(chunks, streams)
         return JSONResponse(await self._completion_response(request_id, streams))
 
     # -- generation plumbing -------------------------------------------------------------------
@@ -293,88 +321,40 @@ class OpenAIIngress:
             raise
         return streams
 
+    def _envelope(self, request_id: str, kind: str) -> dict[str, Any]:
+        return {"id": request_id, "object": kind, "created": int(time.time()), "model": self.card.id}
+
     async def _chat_response(self, request_id: str, stream: _Stream) -> dict[str, Any]:
         reasoning, content, end = await stream.collect()
         message: dict[str, Any] = {"role": "assistant", "content": content if end["answer_started"] else None}
         if stream.thinking:
             message["reasoning"] = reasoning
-        return {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.card.id,
-            "choices": [{"index": 0, "message": message, "finish_reason": end["finish_reason"], "logprobs": None}],
-            "usage": _usage([stream]),
-        }
+        choice = {"index": 0, "message": message, "finish_reason": end["finish_reason"], "logprobs": None}
+        return {**self._envelope(request_id, "chat.completion"), "choices": [choice], "usage": _usage([stream])}
 
     async def _completion_response(self, request_id: str, streams: list[_Stream]) -> dict[str, Any]:
         results = await asyncio.gather(*(stream.collect() for stream in streams))
-        return {
-            "id": request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.card.id,
-            "choices": [
-                {
-                    "index": index,
-                    "text": reasoning + content,
-                    "finish_reason": end["finish_reason"],
-                    "logprobs": None,
-                }
-                for index, (reasoning, content, end) in enumerate(results)
-            ],
-            "usage": _usage(streams),
-        }
+        choices = [
+            {"index": index, "text": reasoning + content, "finish_reason": end["finish_reason"], "logprobs": None}
+            for index, (reasoning, content, end) in enumerate(results)
+        ]
+        return {**self._envelope(request_id, "text_completion"), "choices": choices, "usage": _usage(streams)}
 
-    async def _chat_chunks(
-        self, request_id: str, streams: list[_Stream], include_usage: bool
+    async def _chunks(
+        self,
+        request_id: str,
+        kind: str,
+        choices: AsyncIterator[dict[str, Any]],
+        streams: list[_Stream],
+        include_usage: bool,
     ) -> AsyncIterator[dict[str, Any]]:
-        stream = streams[0]
-        base = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": self.card.id,
-        }
+        """Wrap each streamed choice in a chunk; with `include_usage`, end with a usage-only chunk."""
+        envelope = self._envelope(request_id, kind)
         usage_field = {"usage": None} if include_usage else {}
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return {**base, "choices": [choice], **usage_field}
-
-        yield chunk({"role": "assistant", "content": ""})
-        async for event in stream.events():
-            if event["event"] == "delta":
-                if event["reasoning"]:
-                    yield chunk({"reasoning": event["reasoning"]})
-                if event["content"]:
-                    yield chunk({"content": event["content"]})
-            else:
-                yield chunk({}, event["finish_reason"])
+        async for choice in choices:
+            yield {**envelope, "choices": [choice], **usage_field}
         if include_usage:
-            yield {**base, "choices": [], "usage": _usage(streams)}
-
-    async def _completion_chunks(
-        self, request_id: str, streams: list[_Stream], include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        base = {
-            "id": request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.card.id,
-        }
-        usage_field = {"usage": None} if include_usage else {}
-        async for index, event in _interleave(streams):
-            if event["event"] == "delta":
-                text, finish_reason = event["reasoning"] + event["content"], None
-                if not text:
-                    continue
-            else:
-                text, finish_reason = "", event["finish_reason"]
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            yield {**base, "choices": [choice], **usage_field}
-        if include_usage:
-            yield {**base, "choices": [], "usage": _usage(streams)}
+            yield {**envelope, "choices": [], "usage": _usage(streams)}
 
     # -- models ----------------------------------------------------------------------------------
 

@@ -48,22 +48,31 @@ def test_unknown_endpoint_is_denied_by_default_egress(evaluator: PolicyEvaluator
     assert decision.rule == "spec.egress.default"
 
 
-def test_in_country_only_class_cannot_go_to_a_foreign_allowed_endpoint(evaluator: PolicyEvaluator) -> None:
-    decision = evaluator.may_send("internal", "https://translate.example.com/v2")
-    assert decision == Decision(
-        Effect.DENY,
-        "spec.dataClasses.internal.inCountryOnly",
-        "data class `internal` must stay in KR, and egress rule `translation-api` is in US",
-    )
-
-
-def test_public_data_may_go_to_a_foreign_allowed_endpoint(evaluator: PolicyEvaluator) -> None:
-    decision = evaluator.may_send("public", "https://translate.example.com/v2")
-    assert decision == Decision(
-        Effect.ALLOW,
-        "spec.egress.allow[translation-api]",
-        "data class `public` may go to egress rule `translation-api`",
-    )
+@pytest.mark.parametrize(
+    ("data_class", "expected"),
+    [
+        (
+            "internal",
+            Decision(
+                Effect.DENY,
+                "spec.dataClasses.internal.inCountryOnly",
+                "data class `internal` must stay in KR, and egress rule `translation-api` is in US",
+            ),
+        ),
+        (
+            "public",
+            Decision(
+                Effect.ALLOW,
+                "spec.egress.allow[translation-api]",
+                "data class `public` may go to egress rule `translation-api`",
+            ),
+        ),
+    ],
+)
+def test_only_classes_free_to_leave_may_go_to_a_foreign_allowed_endpoint(
+    evaluator: PolicyEvaluator, data_class: str, expected: Decision
+) -> None:
+    assert evaluator.may_send(data_class, "https://translate.example.com/v2") == expected
 
 
 def test_personal_data_in_country_is_allowed_after_redaction(evaluator: PolicyEvaluator) -> None:
