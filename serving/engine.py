@@ -50,15 +50,13 @@ class TorchEngine:
     def starts_thinking(self, prompt_ids: list[int]) -> bool:
         return starts_in_think_block(prompt_ids, self.think_start_id, self.think_end_id)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, cancelled: threading.Event) -> Iterator[int]:
-        """Yield sampled token ids until EOS, `max_tokens`, or cancellation."""
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        """Yield sampled token ids until EOS or `max_tokens`; each step runs when the caller asks for it."""
         generator = torch.Generator()
         generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         cache = DynamicCache(config=self.model.config)
         inputs = torch.tensor([prompt_ids], device=self.model.device)
         for _ in range(params.max_tokens):
-            if cancelled.is_set():
-                return
             with self._lock, torch.inference_mode():
                 logits = self.model(inputs, past_key_values=cache, use_cache=True).logits[0, -1]
             token = sample_next_token(logits.cpu(), params, generator)

@@ -19,9 +19,12 @@ class Detokenizer(Protocol):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling settings, already validated by the API layer."""
+    """Per-request sampling settings, already validated by the API layer.
 
-    max_tokens: int
+    `max_tokens=None` means "until the context is full"; the model server resolves it.
+    """
+
+    max_tokens: int | None
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None

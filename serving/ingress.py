@@ -199,6 +199,16 @@ async def _completion_choices(streams: list[_Stream]) -> AsyncIterator[dict[str,
             yield {"index": index, "text": text, "logprobs": None, "finish_reason": None}
 
 
+def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=body.token_limit(),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop_strings(),
+    )
+
+
 def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream]) -> StreamingResponse:
     return StreamingResponse(
         _sse(chunks, lambda: [stream.cancel() for stream in streams]), media_type="text/event-stream"
@@ -213,7 +223,7 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]], cancel: Callable[[], objec
         # Headers are already sent; OpenAI clients read an error object from the stream instead.
         yield f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
     finally:
-        # On client disconnect this stops generation in the model server and frees its slot.
+        # Serve already cancels on client disconnect; this also stops sibling choices when one fails.
         cancel()
     yield "data: [DONE]\n\n"
 
@@ -265,10 +275,9 @@ class OpenAIIngress:
         if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
             enable_thinking = body.chat_template_kwargs.enable_thinking
         job = GenerationJob(
-            params=self._sampling(body, body.token_limit()),
+            params=_sampling(body),
             messages=[{"role": m.template_role(), "content": m.text()} for m in body.messages],
             enable_thinking=enable_thinking,
-            max_tokens_given=body.token_limit() is not None,
         )
         streams = await self._open([job])
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -284,9 +293,8 @@ class OpenAIIngress:
         self._require_model(body.model)
         jobs = [
             GenerationJob(
-                params=self._sampling(body, body.token_limit()),
+                params=_sampling(body),
                 prompt=prompt,
-                max_tokens_given=body.max_tokens is not None,
             )
             for prompt in body.prompts()
         ]
@@ -300,15 +308,6 @@ class OpenAIIngress:
         return JSONResponse(await self._completion_response(request_id, streams))
 
     # -- generation plumbing -------------------------------------------------------------------
-
-    def _sampling(self, body: ChatCompletionRequest | CompletionRequest, limit: int | None) -> SamplingParams:
-        return SamplingParams(
-            max_tokens=limit or self.card.max_model_len,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop_strings(),
-        )
 
     async def _open(self, jobs: list[GenerationJob]) -> list[_Stream]:
         """Start one generation per job and wait for each to accept or refuse its prompt."""

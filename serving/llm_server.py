@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,6 @@ class GenerationJob:
     messages: list[dict[str, str]] | None = None
     enable_thinking: bool = False
     prompt: str | list[int] | None = None
-    max_tokens_given: bool = True
 
     @property
     def prompt_field(self) -> str:
@@ -46,6 +44,12 @@ class LLMServer:
 
         self.card = card
         self.engine: TorchEngine = TorchEngine(card.path, dtype)
+        self.running = 0
+        self.cancelled_total = 0
+
+    def stats(self) -> dict[str, int]:
+        """Requests generating now, and requests whose client went away before they finished."""
+        return {"running": self.running, "cancelled_total": self.cancelled_total}
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -58,9 +62,9 @@ class LLMServer:
         thinking = engine.starts_thinking(prompt_ids)
         yield {"event": "start", "prompt_tokens": len(prompt_ids), "thinking": thinking}
         output = OutputStream(engine.tokenizer, params.stop, engine.think_end_id, thinking)
-        cancelled = threading.Event()
-        tokens = engine.generate(prompt_ids, params, cancelled)
-        generated, finish_reason = 0, "length"
+        tokens = engine.generate(prompt_ids, params)
+        generated, finish_reason, ended = 0, "length", False
+        self.running += 1
         try:
             while (token := await asyncio.to_thread(next, tokens, None)) is not None:
                 generated += 1
@@ -76,6 +80,7 @@ class LLMServer:
             tail = output.finish()
             if tail:
                 yield {"event": "delta", "reasoning": tail.reasoning, "content": tail.content}
+            ended = True
             yield {
                 "event": "end",
                 "finish_reason": finish_reason,
@@ -83,8 +88,10 @@ class LLMServer:
                 "answer_started": output.answer_started,
             }
         finally:
-            # Reached on completion, on error and when the client goes away: the decode loop stops.
-            cancelled.set()
+            # Reached on completion, on error and when the client goes away (Serve cancels this
+            # generator); no further decode step runs once nobody pulls tokens.
+            self.running -= 1
+            self.cancelled_total += not ended
 
     def _prompt_ids(self, job: GenerationJob) -> list[int]:
         engine = self.engine
@@ -117,8 +124,8 @@ class LLMServer:
                 "context_length_exceeded",
             )
         room = limit - prompt_tokens
-        if not job.max_tokens_given:
-            return dataclasses.replace(job.params, max_tokens=min(job.params.max_tokens, room))
+        if job.params.max_tokens is None:
+            return dataclasses.replace(job.params, max_tokens=room)
         if job.params.max_tokens > room:
             raise APIError(
                 400,

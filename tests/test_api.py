@@ -219,3 +219,24 @@ def test_health_reports_model_site_and_policy(http: httpx.Client, default_policy
         "site": "local",
         "policy": {"name": "kr-default", "jurisdiction": "KR", "sha256": default_policy.digest()},
     }
+
+
+def test_client_disconnect_stops_generation_and_frees_the_slot(http: httpx.Client) -> None:
+    from ray import serve
+
+    model_server = serve.get_deployment_handle("LLMServer", app_name="sovereign")
+    before = model_server.stats.remote().result()
+    # No max_tokens: the answer may run to the end of the 2048-token context, far longer than we read.
+    body = {"model": MODEL, "messages": HELLO, "temperature": 0, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        received = 0
+        for line in response.iter_lines():
+            received += line.startswith("data: ")
+            if received == 4:
+                break
+    for _ in range(10_000):
+        stats = model_server.stats.remote().result()
+        if stats["cancelled_total"] > before["cancelled_total"]:
+            break
+    assert stats["cancelled_total"] == before["cancelled_total"] + 1, "the model server never saw the disconnect"
+    assert stats["running"] == 0
