@@ -69,17 +69,16 @@ def request_error(errors: Any) -> APIError:
     first = sorted(errors, key=lambda error: error["type"].endswith("_type"))[0]
     if first["type"] == "json_invalid":
         return APIError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
+    if first["type"] in {"model_attributes_type", "dict_type"} or tuple(first["loc"]) == ("body",):
+        # Forms, an empty body, a missing Content-Type header and JSON that is not an object end up here.
+        return APIError(400, "The request body must be a JSON object sent with `Content-Type: application/json`.")
     location = [
         str(part)
         for part in first["loc"][1:]
         if str(part) not in _UNION_TAGS and "[" not in str(part) and not str(part)[:1].isupper()
     ]
-    param = ".".join(location) or None
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = "this field is required"
-    if param is None:
-        return APIError(400, f"Invalid request body: {message}.")
+    param = ".".join(location)
+    message = "this field is required" if first["type"] == "missing" else first["msg"].removeprefix("Value error, ")
     return APIError(400, f"Invalid value for `{param}`: {message}.", param)
 
 

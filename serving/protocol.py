@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 # OpenAI's completions endpoint returns 16 tokens when `max_tokens` is not given.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -127,14 +127,19 @@ class CompletionRequest(_SamplingRequest):
     logprobs: int | None = Field(None, description="Not supported; must be absent.")
     suffix: str | None = Field(None, description="Not supported; must be absent.")
 
-    @model_validator(mode="after")
-    def _supported(self) -> CompletionRequest:
-        for name in ("echo", "logprobs", "suffix"):
-            if getattr(self, name):
-                raise ValueError(f"`{name}` is not supported by this server")
-        if isinstance(self.prompt, list) and not self.prompt:
+    @field_validator("echo", "logprobs", "suffix")
+    @classmethod
+    def _unsupported(cls, value: object, info: ValidationInfo) -> object:
+        if value:
+            raise ValueError(f"`{info.field_name}` is not supported by this server")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, list) and not value:
             raise ValueError("`prompt` must not be an empty list")
-        return self
+        return value
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per choice: text or token ids."""

@@ -240,3 +240,16 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(http: httpx.Clien
             break
     assert stats["cancelled_total"] == before["cancelled_total"] + 1, "the model server never saw the disconnect"
     assert stats["running"] == 0
+
+
+def test_text_content_parts_equal_a_plain_string(client: openai.OpenAI) -> None:
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "안녕하세요! "}, {"type": "text", "text": "자기소개를 해 주세요."}],
+        }
+    ]
+    as_parts = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=8, temperature=0)
+    as_string = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    assert as_parts.choices[0].message.content == as_string.choices[0].message.content
+    assert as_parts.usage.prompt_tokens == as_string.usage.prompt_tokens

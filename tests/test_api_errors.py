@@ -35,6 +35,12 @@ def error_of(response: httpx.Response, status: int) -> dict[str, object]:
         ({"model": MODEL, "messages": USER, "logprobs": True}, "logprobs", "logprobs are not supported"),
         ({"model": MODEL, "messages": USER, "frequency_penalty": 1}, "frequency_penalty", "not supported"),
         ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role", "Input should be"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content", "valid string"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages.0.content.0.type",
+            "Input should be 'text'",
+        ),
         (
             {"model": MODEL, "messages": USER, "chat_template_kwargs": {"thinking": True}},
             "chat_template_kwargs.thinking",
@@ -65,10 +71,20 @@ def test_malformed_json(http: httpx.Client) -> None:
     assert error["message"] == "We could not parse the JSON body of your request: it is not valid JSON."
 
 
-def test_body_that_is_not_an_object(http: httpx.Client) -> None:
-    error = error_of(http.post("/v1/chat/completions", json=[1, 2]), 400)
+@pytest.mark.parametrize(
+    "request_options",
+    [
+        {"json": [1, 2]},
+        {"data": {"model": MODEL}},
+        {"content": b'{"model": "axk1-tiny"}'},
+        {"content": b"", "headers": {"content-type": "application/json"}},
+    ],
+    ids=["json-array", "form", "no-content-type", "empty"],
+)
+def test_body_that_is_not_a_json_object_says_how_to_send_one(http: httpx.Client, request_options: dict) -> None:
+    error = error_of(http.post("/v1/chat/completions", **request_options), 400)
     assert error["param"] is None
-    assert error["message"].startswith("Invalid request body: ")
+    assert error["message"] == "The request body must be a JSON object sent with `Content-Type: application/json`."
 
 
 def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
@@ -129,7 +145,8 @@ def test_completion_prompt_errors(client: openai.OpenAI) -> None:
     assert caught.value.body["message"] == "`prompt` encodes to no tokens"
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model=MODEL, prompt="x", echo=True)
-    assert "`echo` is not supported" in caught.value.body["message"]
+    assert caught.value.body["message"] == "Invalid value for `echo`: `echo` is not supported by this server."
+    assert caught.value.param == "echo"
 
 
 def test_one_bad_prompt_in_a_batch_fails_the_request(client: openai.OpenAI) -> None:
