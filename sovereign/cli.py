@@ -10,6 +10,7 @@ import json
 import signal
 import threading
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -52,6 +53,22 @@ policy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(policy_app, name="policy")
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        print(f"sovereign-stack {version('sovereign-stack')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Sovereign on-prem stack for the A.X K1 model: serve it in-country, enforce the residency policy."""
+
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -160,3 +160,9 @@ def test_policy_schema_describes_every_field() -> None:
     assert undocumented == []
     assert "unique-identifier" in schema["$defs"]["DataClassRules"]["properties"]
     assert schema["$defs"]["Site"]["properties"]["cidrs"]["items"] == {"type": "string", "format": "cidr"}
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == "sovereign-stack 0.1.0\n"
