@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -109,6 +108,11 @@ def _construct(node: yaml.Node, location: Location, context: _Context) -> Any:
         for key_node, value_node in node.value:
             key = context.constructor.construct_object(key_node)
             key_line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool):
+                context.problems.append(
+                    PolicyProblem(context.source, key_line, _dotted(location), "mapping keys must be plain scalars")
+                )
+                continue
             if key in mapping:
                 context.problems.append(
                     PolicyProblem(context.source, key_line, _dotted((*location, key)), "duplicate key")
@@ -193,15 +197,11 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def _nearest_line(location: Location, lines: dict[Location, int]) -> int | None:
-    for prefix in _prefixes(location):
-        if prefix in lines:
-            return lines[prefix]
-    return None
-
-
-def _prefixes(location: Location) -> Iterator[Location]:
+    """The line of the location, or of its closest enclosing key when it is absent (a missing field)."""
     for end in range(len(location), -1, -1):
-        yield location[:end]
+        if location[:end] in lines:
+            return lines[location[:end]]
+    return None
 
 
 def _dotted(location: Location) -> str:

@@ -130,6 +130,12 @@ def test_consistency_rules_are_reported_with_their_section() -> None:
     )
 
 
+def test_complex_keys_are_refused_not_crashed_on() -> None:
+    text = DEFAULT_TEXT.replace("  audit:\n", "  ? [a, b]\n  : 1\n  audit:\n")
+    (problem,) = problems_of(text)
+    assert problem == f"policy.yaml:{line_of(text, '? [a, b]')}: spec: mapping keys must be plain scalars"
+
+
 def test_empty_and_non_mapping_documents() -> None:
     assert problems_of("") == ["policy.yaml:1: the document is empty"]
     assert problems_of("- a\n- b\n") == ["policy.yaml:1: expected a mapping with apiVersion, kind, metadata and spec"]
