@@ -1,9 +1,9 @@
 """The OpenAI-compatible HTTP ingress: a FastAPI app served by a Ray Serve deployment.
 
-No `from __future__ import annotations` here: FastAPI must see real types to read request bodies.
-
 It validates requests, resolves the model, calls `LLMServer` over a streaming handle and shapes
 OpenAI responses and server-sent-event chunks. It never imports torch.
+
+No `from __future__ import annotations` here: FastAPI must see real types to read request bodies.
 """
 
 import asyncio
@@ -66,7 +66,7 @@ _UNION_TAGS = {"str", "int", "float", "bool", "none"}
 def request_error(errors: Any) -> APIError:
     """Turn FastAPI's validation errors into one OpenAI-style 400 that names the offending field."""
     # For a union, "wrong type for this member" says least about what the client got wrong.
-    first = sorted(errors, key=lambda error: error["type"].endswith("_type"))[0]
+    first = min(errors, key=lambda error: error["type"].endswith("_type"))
     if first["type"] == "json_invalid":
         return APIError(400, "We could not parse the JSON body of your request: it is not valid JSON.")
     if first["type"] in {"model_attributes_type", "dict_type"} or tuple(first["loc"]) == ("body",):
