@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from importlib.metadata import version
+from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -167,6 +168,13 @@ def up(
         first = error.errors()[0]
         fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
 
+    if not _is_loopback(host):
+        errors.print(
+            f"[bold yellow]warning:[/bold yellow] listening on {escape(host)}: the API has no authentication yet, "
+            "so anyone who can reach this address can use the model",
+            highlight=False,
+            soft_wrap=True,
+        )
     stack = _start(config, residency)
     _print_ready(stack, residency, time.monotonic() - started)
     _wait_for_interrupt()
@@ -228,6 +236,13 @@ def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float
     print("For the openai client:")
     print(f"  export OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY=unused")
     console.print("[dim]Ctrl-C stops the stack.[/dim]")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _wait_for_interrupt() -> None:
