@@ -14,12 +14,15 @@ from policies.loader import (
     parse_policy,
 )
 from policies.model import DataClass, Permission, ResidencyPolicy, RuleAction, Site
+from policies.pii import Finding, PiiType, detect
 
 __all__ = [
     "DataClass",
     "Decision",
     "Effect",
+    "Finding",
     "Permission",
+    "PiiType",
     "PolicyError",
     "PolicyEvaluator",
     "PolicyProblem",
@@ -27,6 +30,7 @@ __all__ = [
     "RuleAction",
     "Site",
     "default_policy_path",
+    "detect",
     "load_default_policy",
     "load_policy",
     "parse_policy",

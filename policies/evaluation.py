@@ -20,6 +20,7 @@ from policies.model import (
     RuleAction,
     Site,
 )
+from policies.pii import PiiType
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 443, "grpcs": 443}
 
@@ -145,6 +146,10 @@ class PolicyEvaluator:
         return Decision(
             Effect.ALLOW, destination.rule, f"data class `{data_class.value}` may go to {destination.label}"
         )
+
+    def data_class_of(self, pii_type: PiiType | str) -> DataClass:
+        """The data class the policy assigns to a detected identifier type."""
+        return self._spec.identifiers[PiiType(pii_type)]
 
     def may_train_on(self, data_class: DataClass | str) -> Decision:
         """May data of this class enter training or distillation sets?"""

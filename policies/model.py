@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from policies.pii import PiiType
+
 API_VERSION = "sovereign-stack.io/v1alpha1"
 KIND = "ResidencyPolicy"
 
@@ -236,12 +238,23 @@ class PolicySpec(_Model):
     jurisdiction: Jurisdiction = Field(description="The country data must stay in.")
     sites: list[Site] = Field(min_length=1, description="Sites the stack may run on.")
     data_classes: DataClassRules = Field(description="The rule for each data class.")
+    identifiers: dict[PiiType, DataClass] = Field(
+        description="The data class of each identifier type the detectors find; every type must be listed."
+    )
     egress: Egress = Field(description="Where workloads may connect to; everything else is denied.")
     image_registries: list[HostPattern] = Field(
         min_length=1, description="Registries container images may be pulled from (the in-country mirror)."
     )
     roles: dict[Name, Role] = Field(min_length=1, description="Roles by name, and what each may do.")
     audit: Audit = Field(description="How long audit evidence is kept.")
+
+    @field_validator("identifiers")
+    @classmethod
+    def _every_identifier_classified(cls, identifiers: dict[PiiType, DataClass]) -> dict[PiiType, DataClass]:
+        missing = [pii_type.value for pii_type in PiiType if pii_type not in identifiers]
+        if missing:
+            raise ValueError(f"no data class for {', '.join(missing)}: every detected identifier type needs one")
+        return identifiers
 
     @field_validator("sites")
     @classmethod

@@ -287,10 +287,13 @@ def policy_check(
             site.csap_tier or "-",
             ", ".join(str(network) for network in site.cidrs),
         )
-    classes = Table("data class", "action", "in-country only", "training", title="Data classes")
+    classes = Table("data class", "action", "in-country only", "training", "identifiers", title="Data classes")
     for data_class in DataClass:
         rule = spec.data_classes.rule_for(data_class)
-        classes.add_row(data_class.value, rule.action.value, _yes(rule.in_country_only), _yes(rule.training_allowed))
+        found_as = ", ".join(pii.value for pii, mapped in spec.identifiers.items() if mapped is data_class)
+        classes.add_row(
+            data_class.value, rule.action.value, _yes(rule.in_country_only), _yes(rule.training_allowed), found_as
+        )
     egress = Table("egress rule", "country", "destinations", "ports", title="Egress allowlist (default: deny)")
     for rule in spec.egress.allow:
         destinations = [*map(str, rule.cidrs), *rule.hosts]

@@ -7,7 +7,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from policies import DataClass, Decision, Effect, Permission, PolicyEvaluator, ResidencyPolicy, parse_policy
+from policies import DataClass, Decision, Effect, Permission, PiiType, PolicyEvaluator, ResidencyPolicy, parse_policy
 from policies.evaluation import Endpoint, image_registry
 from policies.loader import default_policy_path
 
@@ -212,3 +212,13 @@ def test_round_trip_through_camel_case_dump(default_policy: ResidencyPolicy) -> 
     assert dumped["spec"]["dataClasses"]["unique-identifier"]["inCountryOnly"] is True
     assert dumped["spec"]["sites"][0]["cidrs"] == ["10.10.0.0/16"]
     assert ResidencyPolicy.model_validate(dumped) == default_policy
+
+
+def test_identifier_types_map_to_policy_data_classes(evaluator: PolicyEvaluator) -> None:
+    assert evaluator.data_class_of("KR_RRN") is DataClass.UNIQUE_IDENTIFIER
+    assert evaluator.data_class_of(PiiType.EMAIL) is DataClass.PERSONAL
+
+
+def test_identifier_mapping_follows_the_document() -> None:
+    text = DEFAULT_TEXT.replace("    EMAIL: personal", "    EMAIL: internal")
+    assert PolicyEvaluator(parse_policy(text)).data_class_of("EMAIL") is DataClass.INTERNAL

@@ -164,3 +164,19 @@ def test_errors_name_the_file_they_came_from(tmp_path: Path) -> None:
     assert str(caught.value).startswith(
         f"{path}:{line_of(path.read_text(), 'retentionDays')}: spec.audit.retentionDays"
     )
+
+
+def test_every_identifier_type_needs_a_data_class() -> None:
+    text = DEFAULT_TEXT.replace("    EMAIL: personal\n", "")
+    (problem,) = problems_of(text)
+    assert problem == (
+        f"policy.yaml:{line_of(text, '  identifiers:')}: spec.identifiers: "
+        "no data class for EMAIL: every detected identifier type needs one"
+    )
+
+
+def test_unknown_identifier_type_is_named_on_its_line() -> None:
+    text = DEFAULT_TEXT.replace("    EMAIL: personal\n", "    EMAIL: personal\n    KR_SSN: personal\n")
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"policy.yaml:{line_of(text, 'KR_SSN')}: spec.identifiers.KR_SSN: Input should be ")
+    assert "(got 'KR_SSN')" in problem
