@@ -358,3 +358,17 @@ def detect(text: str, types: frozenset[PiiType] | None = None) -> list[Finding]:
     if positions is None:
         return chosen
     return [Finding(f.type, positions[f.start], positions[f.end - 1] + 1, f.score) for f in chosen]
+
+
+def placeholder(pii_type: PiiType) -> str:
+    """What replaces a redacted identifier: its type, never its value."""
+    return f"[{pii_type.value}]"
+
+
+def redact(text: str, findings: list[Finding]) -> str:
+    """`text` with every finding's span replaced by its typed placeholder; findings must not overlap."""
+    pieces, position = [], 0
+    for finding in sorted(findings, key=lambda f: f.start):
+        pieces += [text[position : finding.start], placeholder(finding.type)]
+        position = finding.end
+    return "".join(pieces) + text[position:]

@@ -33,6 +33,7 @@ from policies import (
 )
 
 if TYPE_CHECKING:
+    from policies.scan import ScanReport
     from serving.config import ServingConfig
     from serving.launcher import RunningStack
 
@@ -251,6 +252,85 @@ def _wait_for_interrupt() -> None:
         signal.signal(signum, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  [bold]sovereign scan corpus/ --report scan.json[/bold]  scan a directory, keep the report for lineage\n\n"
+        "  [bold]sovereign scan data.jsonl --redact-to clean/[/bold]  also write a redacted copy\n\n"
+        "  [bold]sovereign scan data.jsonl --json[/bold]  one JSON object per finding, for other tools"
+    )
+)
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Text, Markdown, JSON(L), CSV or TSV files, or directories.")],
+    policy: PolicyFile = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a report here; a .json or .md name picks the format.", show_default=False),
+    ] = None,
+    redact_to: Annotated[
+        Path | None,
+        typer.Option(help="Write a copy of every file with identifiers replaced by [TYPE].", show_default=False),
+    ] = None,
+    json_findings: Annotated[
+        bool,
+        typer.Option("--json", help='Print one {"type", "line", "start", "end"} object per finding (one file).'),
+    ] = False,
+) -> None:
+    """Scan training or distillation data for identifiers before it is used.
+
+    Lines are streamed, so files of any size work. Exit status 1 means the policy forbids training
+    on a data class that was found (for example resident registration numbers); 0 means it may be used.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from policies.scan import ScanError, atomic_text_file, input_files
+    from policies.scan import scan as scan_paths
+
+    evaluator = PolicyEvaluator(_load(policy))
+    if report is not None and report.suffix not in {".json", ".md"}:
+        fail(f"--report `{report}` must end in .json or .md", exit_code=EXIT_USAGE)
+    try:
+        files = input_files(paths)
+    except ScanError as error:
+        fail(str(error), exit_code=EXIT_USAGE)
+    if json_findings and (len(files) != 1 or paths[0].is_dir()):
+        fail("--json takes exactly one file, so that lines and offsets are unambiguous", exit_code=EXIT_USAGE)
+    total = sum(path.stat().st_size for path, _ in files)
+    emit = (lambda found: print(json.dumps(found.as_json()), flush=True)) if json_findings else (lambda _: None)
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=errors, transient=True, disable=not errors.is_terminal) as progress:
+            task = progress.add_task(f"Scanning {len(files)} file(s)", total=total)
+            result = scan_paths(paths, evaluator, redact_to, emit, lambda read: progress.advance(task, read))
+    except ScanError as error:
+        fail(str(error))
+    if report is not None:
+        with atomic_text_file(report) as out:
+            out.write(
+                json.dumps(result.as_json(), indent=2, ensure_ascii=False)
+                if report.suffix == ".json"
+                else result.as_markdown()
+            )
+    _print_scan_summary(result, Console(stderr=True) if json_findings else console)
+    if not result.training_allowed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_scan_summary(result: ScanReport, out: Console) -> None:
+    table = Table(
+        "identifier", "count", title=f"{sum(f.lines for f in result.files)} lines in {len(result.files)} file(s)"
+    )
+    for name, count in result.counts_by_type.items():
+        table.add_row(name, str(count))
+    out.print(table)
+    forbidden = [(data_class, decision) for data_class, decision in result.training if not decision.allowed]
+    if forbidden:
+        listed = "; ".join(f"{data_class} ({decision.rule})" for data_class, decision in forbidden)
+        out.print(f"[bold red]✗ training forbidden[/bold red]: found {escape(listed)}", highlight=False, soft_wrap=True)
+    else:
+        out.print("[bold green]✓ training allowed[/bold green] by policy " + escape(result.policy), highlight=False)
 
 
 @policy_app.command("check")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policies.pii import REPORT_THRESHOLD, Finding, PiiType, detect
+from policies.pii import REPORT_THRESHOLD, Finding, PiiType, detect, redact
 
 WEIGHTS = (2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5)
 
@@ -266,3 +266,9 @@ def test_types_filter() -> None:
 
 def test_text_without_digits_or_at_signs_is_clean() -> None:
     assert detect("안녕하세요, 오늘 날씨가 좋네요. Hello world!") == []
+
+
+def test_redact_replaces_spans_with_typed_placeholders() -> None:
+    text = f"주민번호 {hyphenated(RRN)}, 메일 a@b.kr 끝"
+    assert redact(text, detect(text)) == "주민번호 [KR_RRN], 메일 [EMAIL] 끝"
+    assert redact("nothing here", []) == "nothing here"
