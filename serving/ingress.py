@@ -21,7 +21,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from policies import ResidencyPolicy
+from policies import PolicyEvaluator, ResidencyPolicy
+from policies.evaluation import Effect
+from policies.guard import Guard
 from serving.checkpoint import ModelCard
 from serving.errors import APIError
 from serving.generation import SamplingParams
@@ -85,8 +87,9 @@ def request_error(errors: Any) -> APIError:
 class _Stream:
     """One choice's event stream from `LLMServer`, after its `start` event has been read."""
 
-    def __init__(self, response: DeploymentResponseGenerator) -> None:
+    def __init__(self, response: DeploymentResponseGenerator, guard: Guard) -> None:
         self._response = response
+        self._masks = {"reasoning": guard.output_masker(), "content": guard.output_masker()}
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.thinking = False
@@ -99,13 +102,18 @@ class _Stream:
         self.thinking = first["thinking"]
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """`delta` events, then the `end` event."""
+        """`delta` events with identifiers masked per policy, then the `end` event."""
         while (event := await self._next()) is not None:
             if event["event"] == "end":
+                tail = {channel: mask.flush() for channel, mask in self._masks.items()}
+                if any(tail.values()):
+                    yield {"event": "delta", **tail}
                 self.completion_tokens = event["completion_tokens"]
-            yield event
-            if event["event"] == "end":
+                yield event
                 return
+            masked = {channel: mask.feed(event[channel]) for channel, mask in self._masks.items()}
+            if any(masked.values()):
+                yield {"event": "delta", **masked}
         raise _model_failure()
 
     async def collect(self) -> tuple[str, str, dict[str, Any]]:
@@ -244,6 +252,9 @@ class OpenAIIngress:
         self.site = site
         self.policy = policy
         self.default_enable_thinking = default_enable_thinking
+        evaluator = PolicyEvaluator(policy)
+        self.guard = Guard(evaluator)
+        self.serves_in_country = evaluator.site_in_country(site).allowed
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -273,9 +284,12 @@ class OpenAIIngress:
         enable_thinking = self.default_enable_thinking
         if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
             enable_thinking = body.chat_template_kwargs.enable_thinking
+        texts = self._guarded([message.text() for message in body.messages], "messages")
         job = GenerationJob(
             params=_sampling(body),
-            messages=[{"role": m.template_role(), "content": m.text()} for m in body.messages],
+            messages=[
+                {"role": m.template_role(), "content": text} for m, text in zip(body.messages, texts, strict=True)
+            ],
             enable_thinking=enable_thinking,
         )
         streams = await self._open([job])
@@ -290,13 +304,7 @@ class OpenAIIngress:
     @api.post("/v1/completions", response_model=None)
     async def completions(self, body: CompletionRequest) -> JSONResponse | StreamingResponse:
         self._require_model(body.model)
-        jobs = [
-            GenerationJob(
-                params=_sampling(body),
-                prompt=prompt,
-            )
-            for prompt in body.prompts()
-        ]
+        jobs = [GenerationJob(params=_sampling(body), prompt=prompt) for prompt in await self._guarded_prompts(body)]
         streams = await self._open(jobs)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
@@ -308,9 +316,41 @@ class OpenAIIngress:
 
     # -- generation plumbing -------------------------------------------------------------------
 
+    def _guarded(self, texts: list[str], param: str) -> list[str]:
+        """Apply the residency policy to a request's texts: refuse it, or return what the model may see."""
+        verdict, allowed = self.guard.inspect(texts)
+        if verdict.effect is Effect.DENY:
+            raise APIError(
+                403,
+                f"The residency policy does not allow this request: it contains {', '.join(verdict.blocked_types)} "
+                f"(rule {verdict.rule}). Remove these identifiers and send it again.",
+                param,
+                "data_class_blocked",
+            )
+        if verdict.in_country_only and not self.serves_in_country:
+            # Never fall back to a deployment abroad.
+            raise APIError(
+                503,
+                f"This request carries data that must stay in {self.policy.spec.jurisdiction.code}, and no in-country "
+                "deployment of this model is available.",
+                code="no_in_country_deployment",
+            )
+        return allowed
+
+    async def _guarded_prompts(self, body: CompletionRequest) -> list[str | list[int]]:
+        prompts = body.prompts()
+        # Token-id prompts are decoded first, so identifiers cannot slip past the guard as ids.
+        texts = [prompt if isinstance(prompt, str) else await self.llm.decode.remote(prompt) for prompt in prompts]
+        inspected = [index for index, text in enumerate(texts) if text is not None]
+        allowed = self._guarded([texts[index] for index in inspected], "prompt")
+        for index, text in zip(inspected, allowed, strict=True):
+            if text != texts[index]:
+                prompts[index] = text
+        return prompts
+
     async def _open(self, jobs: list[GenerationJob]) -> list[_Stream]:
         """Start one generation per job and wait for each to accept or refuse its prompt."""
-        streams = [_Stream(self.llm.options(stream=True).generate.remote(job)) for job in jobs]
+        streams = [_Stream(self.llm.options(stream=True).generate.remote(job), self.guard) for job in jobs]
         try:
             await asyncio.gather(*(stream.start() for stream in streams))
         except BaseException:

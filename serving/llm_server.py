@@ -47,6 +47,12 @@ class LLMServer:
         self.running = 0
         self.cancelled_total = 0
 
+    def decode(self, token_ids: list[int]) -> str | None:
+        """Text of a token-id prompt, so the gateway can inspect it; None when an id is out of range."""
+        if any(not 0 <= token < len(self.engine.tokenizer) for token in token_ids):
+            return None
+        return self.engine.tokenizer.decode(token_ids)
+
     def stats(self) -> dict[str, int]:
         """Requests generating now, and requests whose client went away before they finished."""
         return {"running": self.running, "cancelled_total": self.cancelled_total}

@@ -1,0 +1,79 @@
+"""The residency guard on the request path, seen through the official openai client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+MODEL = "axk1-tiny"
+RRN = "900101-1234568"
+
+
+def ask(client: openai.OpenAI, text: str, **options: object) -> object:
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=8, temperature=0, **options
+    )
+
+
+def test_unique_identifier_is_blocked_without_echoing_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        ask(client, f"제 주민등록번호는 {RRN} 입니다. 확인해 주세요.")
+    error = caught.value
+    assert error.status_code == 403
+    assert error.code == "data_class_blocked"
+    assert error.param == "messages"
+    assert error.body["message"] == (
+        "The residency policy does not allow this request: it contains KR_RRN "
+        "(rule spec.dataClasses.unique-identifier). Remove these identifiers and send it again."
+    )
+    assert RRN not in str(error.body)
+    assert "1234568" not in str(error.body)
+
+
+def test_blocked_streaming_request_fails_before_any_chunk(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(client, f"외국인등록번호 {RRN[:7]}5123450", stream=True)
+
+
+def test_evasions_do_not_get_past_the_guard(client: openai.OpenAI) -> None:
+    hidden = "\u200b".join(RRN.translate({ord(c): chr(ord(c) + 0xFEE0) for c in "0123456789"}))
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(client, f"주민번호 {hidden}")
+
+
+def test_personal_data_is_redacted_before_the_model_sees_it(client: openai.OpenAI) -> None:
+    with_phone = ask(client, "연락처 010-1234-5678 로 연락 주세요")
+    with_placeholder = ask(client, "연락처 [KR_PHONE] 로 연락 주세요")
+    # The model saw exactly the placeholder: same prompt tokens, same greedy answer.
+    assert with_phone.usage.prompt_tokens == with_placeholder.usage.prompt_tokens
+    assert with_phone.choices[0].message.content == with_placeholder.choices[0].message.content
+
+
+def test_every_message_is_inspected_including_system_and_history(client: openai.OpenAI) -> None:
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "assistant", "content": f"고객 주민번호 {RRN} 확인했습니다"},
+        {"role": "user", "content": "계속"},
+    ]
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+
+
+def test_completions_are_guarded_too_even_as_token_ids(client: openai.OpenAI, tiny_checkpoint: object) -> None:
+    from transformers import AutoTokenizer
+
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.completions.create(model=MODEL, prompt=["fine", f"주민번호 {RRN}"], max_tokens=2)
+    assert caught.value.param == "prompt"
+    ids = AutoTokenizer.from_pretrained(tiny_checkpoint).encode(f"주민번호 {RRN}", add_special_tokens=False)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.completions.create(model=MODEL, prompt=ids, max_tokens=2)
+
+
+def test_clean_requests_pass(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "2024-11-23 회의록 요약"}], "max_tokens": 2},
+    )
+    assert response.status_code == 200
