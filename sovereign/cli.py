@@ -55,6 +55,8 @@ policy_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(policy_app, name="policy")
+audit_app = typer.Typer(help="Verify the tamper-evident audit log.", rich_markup_mode="rich", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 def _print_version(requested: bool) -> None:
@@ -331,6 +333,44 @@ def _print_scan_summary(result: ScanReport, out: Console) -> None:
         out.print(f"[bold red]✗ training forbidden[/bold red]: found {escape(listed)}", highlight=False, soft_wrap=True)
     else:
         out.print("[bold green]✓ training allowed[/bold green] by policy " + escape(result.policy), highlight=False)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="An audit log directory, or one audit-NNNNNN.jsonl segment.")],
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="The log's key file: also checks every record's MAC and checkpoint signatures.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Verify the audit log's hash chain and name the first record that was edited, removed, added or moved.
+
+    Exit status 0 means intact, 1 means tampered with. A last line cut short by a crash is reported,
+    not counted as tampering. Without --key only the chain is checked, so an edit to the very last
+    record cannot be seen.
+    """
+    from policies.audit import LocalKey, verify
+
+    if key is not None and not key.is_file():
+        fail(f"key file `{key}` does not exist", exit_code=EXIT_USAGE)
+    try:
+        result = verify(path, LocalKey.load(key) if key else None)
+    except FileNotFoundError as error:
+        fail(str(error), exit_code=EXIT_USAGE)
+    if result.truncated_tail:
+        errors.print(f"[yellow]note:[/yellow] {escape(result.truncated_tail)}", highlight=False, soft_wrap=True)
+    if not result.intact:
+        fail(f"tampering detected at {result.problem}")
+    start = "genesis" if result.from_genesis else f"record {result.first_seq} (earlier segments removed)"
+    checked = "chain, MACs and signatures" if key else "chain only; pass --key to check MACs and signatures"
+    console.print(
+        f"[bold green]✓ intact[/bold green]: {result.records} records in {result.segments} segment(s) from {start}, "
+        f"{result.checkpoints} checkpoint(s); {checked}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @policy_app.command("check")
