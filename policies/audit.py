@@ -141,6 +141,11 @@ class AuditLog:
         return _FileLock(self._lock_path)
 
 
+def open_log(state_dir: Path) -> AuditLog:
+    """The audit log of an installation: segments in `state_dir/audit`, its key in `state_dir/audit.key`."""
+    return AuditLog(state_dir / "audit", LocalKey.load_or_create(state_dir / "audit.key"))
+
+
 class _FileLock:
     def __init__(self, path: Path) -> None:
         self._path = path

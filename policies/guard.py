@@ -23,7 +23,12 @@ class Verdict:
     rule: str
     counts: dict[str, int]
     data_classes: frozenset[DataClass]
-    in_country_only: bool
+    in_country_rule: str | None
+
+    @property
+    def in_country_only(self) -> bool:
+        """Some data in the request must stay in the jurisdiction (`in_country_rule` says which rule)."""
+        return self.in_country_rule is not None
 
     @property
     def blocked_types(self) -> list[str]:
@@ -46,11 +51,18 @@ class Guard:
         classes = frozenset(self.evaluator.data_class_of(finding.type) for finding in found)
         rules = {data_class: self.evaluator.policy.spec.data_classes.rule_for(data_class) for data_class in classes}
         counts = dict(sorted(Counter(finding.type.value for finding in found).items()))
-        in_country_only = any(rule.in_country_only for rule in rules.values())
+        in_country_rule = next(
+            (
+                f"spec.dataClasses.{data_class.value}.inCountryOnly"
+                for data_class in DataClass
+                if data_class in rules and rules[data_class].in_country_only
+            ),
+            None,
+        )
 
         def verdict(effect: Effect, rule: str, of: list[Finding]) -> Verdict:
             of_counts = dict(sorted(Counter(finding.type.value for finding in of).items()))
-            return Verdict(effect, rule, of_counts if effect is Effect.DENY else counts, classes, in_country_only)
+            return Verdict(effect, rule, of_counts if effect is Effect.DENY else counts, classes, in_country_rule)
 
         blocked = [f for f in found if self._action[f.type] is RuleAction.BLOCK]
         if blocked:

@@ -34,4 +34,6 @@ def require_in_country_site(policy: ResidencyPolicy, site: str) -> None:
 def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -> Application:
     """The application graph: the OpenAI ingress bound to the model server."""
     model_server = LLMServer.bind(card, config.dtype)
-    return OpenAIIngress.bind(model_server, card, config.site, policy, config.default_enable_thinking)
+    return OpenAIIngress.bind(
+        model_server, card, config.site, policy, config.default_enable_thinking, config.resolved_state_dir()
+    )

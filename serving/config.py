@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -30,3 +31,15 @@ class ServingConfig(BaseModel):
     cache_dir: Path | None = Field(
         None, description="Where the tiny model is built; defaults to $SOVEREIGN_CACHE_DIR or ~/.cache."
     )
+    state_dir: Path | None = Field(
+        None,
+        description="Where the audit log and its key are kept; defaults to $SOVEREIGN_STATE_DIR or ~/.local/state.",
+    )
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        configured = os.environ.get("SOVEREIGN_STATE_DIR")
+        if configured:
+            return Path(configured)
+        return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "sovereign-stack"

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,8 +23,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policies import PolicyEvaluator, ResidencyPolicy
+from policies.audit import open_log
 from policies.evaluation import Effect
-from policies.guard import Guard
+from policies.guard import Guard, Verdict
 from serving.checkpoint import ModelCard
 from serving.errors import APIError
 from serving.generation import SamplingParams
@@ -246,6 +248,7 @@ class OpenAIIngress:
         site: str,
         policy: ResidencyPolicy,
         default_enable_thinking: bool,
+        state_dir: Path,
     ) -> None:
         self.llm = llm
         self.card = card
@@ -255,6 +258,7 @@ class OpenAIIngress:
         evaluator = PolicyEvaluator(policy)
         self.guard = Guard(evaluator)
         self.serves_in_country = evaluator.site_in_country(site).allowed
+        self.audit = open_log(state_dir)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -279,12 +283,12 @@ class OpenAIIngress:
         return self._model_object()
 
     @api.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(self, body: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         self._require_model(body.model)
         enable_thinking = self.default_enable_thinking
         if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
             enable_thinking = body.chat_template_kwargs.enable_thinking
-        texts = self._guarded([message.text() for message in body.messages], "messages")
+        texts = await self._guarded([message.text() for message in body.messages], "messages", request)
         job = GenerationJob(
             params=_sampling(body),
             messages=[
@@ -302,9 +306,10 @@ class OpenAIIngress:
         return JSONResponse(await self._chat_response(request_id, streams[0]))
 
     @api.post("/v1/completions", response_model=None)
-    async def completions(self, body: CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def completions(self, body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         self._require_model(body.model)
-        jobs = [GenerationJob(params=_sampling(body), prompt=prompt) for prompt in await self._guarded_prompts(body)]
+        prompts = await self._guarded_prompts(body, request)
+        jobs = [GenerationJob(params=_sampling(body), prompt=prompt) for prompt in prompts]
         streams = await self._open(jobs)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
@@ -316,9 +321,14 @@ class OpenAIIngress:
 
     # -- generation plumbing -------------------------------------------------------------------
 
-    def _guarded(self, texts: list[str], param: str) -> list[str]:
-        """Apply the residency policy to a request's texts: refuse it, or return what the model may see."""
+    async def _guarded(self, texts: list[str], param: str, request: Request) -> list[str]:
+        """Apply the residency policy to a request's texts and audit the decision.
+
+        Refuses the request, or returns the texts as the model may see them.
+        """
         verdict, allowed = self.guard.inspect(texts)
+        refused_abroad = verdict.in_country_only and not self.serves_in_country
+        await self._audit(request, texts, verdict, refused_abroad)
         if verdict.effect is Effect.DENY:
             raise APIError(
                 403,
@@ -327,22 +337,41 @@ class OpenAIIngress:
                 param,
                 "data_class_blocked",
             )
-        if verdict.in_country_only and not self.serves_in_country:
+        if refused_abroad:
             # Never fall back to a deployment abroad.
             raise APIError(
                 503,
-                f"This request carries data that must stay in {self.policy.spec.jurisdiction.code}, and no in-country "
-                "deployment of this model is available.",
+                f"This request carries data that must stay in {self.policy.spec.jurisdiction.code} "
+                f"(rule {verdict.in_country_rule}), and no in-country deployment of this model is available.",
                 code="no_in_country_deployment",
             )
         return allowed
 
-    async def _guarded_prompts(self, body: CompletionRequest) -> list[str | list[int]]:
+    async def _audit(self, request: Request, texts: list[str], verdict: Verdict, refused_abroad: bool) -> None:
+        decision, rule = verdict.effect.value, verdict.rule
+        if refused_abroad and verdict.effect is not Effect.DENY:
+            decision, rule = Effect.DENY.value, str(verdict.in_country_rule)
+        # The audit write is durable (fsync'ed) before the request goes on; it must not block the event loop.
+        await asyncio.to_thread(
+            self.audit.append,
+            "request",
+            tenant="local",
+            principal="anonymous",
+            source=request.client.host if request.client else None,
+            route=request.url.path,
+            model=self.card.id,
+            decision=decision,
+            rule=rule,
+            pii=verdict.counts,
+            promptHmac=self.audit.prompt_hmac("\n".join(texts)),
+        )
+
+    async def _guarded_prompts(self, body: CompletionRequest, request: Request) -> list[str | list[int]]:
         prompts = body.prompts()
         # Token-id prompts are decoded first, so identifiers cannot slip past the guard as ids.
         texts = [prompt if isinstance(prompt, str) else await self.llm.decode.remote(prompt) for prompt in prompts]
         inspected = [index for index, text in enumerate(texts) if text is not None]
-        allowed = self._guarded([texts[index] for index in inspected], "prompt")
+        allowed = await self._guarded([texts[index] for index in inspected], "prompt", request)
         for index, text in zip(inspected, allowed, strict=True):
             if text != texts[index]:
                 prompts[index] = text

@@ -7,6 +7,7 @@ starts, so a mistake costs a second and a clear message rather than a half-start
 from __future__ import annotations
 
 import errno
+import getpass
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies import ResidencyPolicy
+from policies.audit import AuditLog, open_log
 from serving.app import build_app, require_in_country_site, resolve_model
 from serving.checkpoint import ModelCard
 from serving.config import ServingConfig
@@ -47,6 +49,7 @@ class RunningStack:
     config: ServingConfig
     card: ModelCard
     started_ray: bool
+    audit: AuditLog
 
     @property
     def base_url(self) -> str:
@@ -54,6 +57,11 @@ class RunningStack:
         return f"http://{host}:{self.config.port}"
 
     def stop(self) -> None:
+        """Stop the stack and record that in the audit log."""
+        self.shut_down()
+        self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
+
+    def shut_down(self) -> None:
         """Stop Serve, or the whole local Ray cluster (Serve included) when this stack started it."""
         import ray
         from ray import serve
@@ -98,19 +106,37 @@ def start_stack(
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    stack = RunningStack(config, card, started_ray)
+    audit = open_log(config.resolved_state_dir())
+    stack = RunningStack(config, card, started_ray, audit)
     step("Deploying the model server and the OpenAI API on Ray Serve")
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as error:
         cause = _deployment_failure(serve) or str(error)
-        stack.stop()
+        stack.shut_down()
         raise DeploymentFailed(cause) from None
     except BaseException:
-        stack.stop()
+        stack.shut_down()
         raise
+    audit.append(
+        "admin",
+        action="stack.start",
+        principal=_operator(),
+        site=config.site,
+        model=card.id,
+        policy=policy.metadata.name,
+        policySha256=policy.digest(),
+    )
     return stack
+
+
+def _operator() -> str:
+    """Who ran the command, for admin audit records."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid:{os.getuid()}"
 
 
 def _deployment_failure(serve: Any) -> str | None:

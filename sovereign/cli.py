@@ -226,6 +226,7 @@ def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float
         f"Models       {base_url}/v1/models",
         f"Health       {base_url}/healthz",
         f"API docs     {base_url}/docs",
+        f"Audit log    {escape(str(stack.audit.directory))}",
     ]
     console.print(Panel("\n".join(summary), title="sovereign-stack", expand=False), highlight=False)
     body = (

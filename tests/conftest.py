@@ -34,6 +34,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The audit log and its key, for the in-process stack and every `sovereign` process a test starts."""
+    path = tmp_path_factory.mktemp("sovereign-state")
+    os.environ["SOVEREIGN_STATE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def default_policy() -> ResidencyPolicy:
     return load_default_policy()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -77,3 +80,43 @@ def test_clean_requests_pass(http: httpx.Client) -> None:
         json={"model": MODEL, "messages": [{"role": "user", "content": "2024-11-23 회의록 요약"}], "max_tokens": 2},
     )
     assert response.status_code == 200
+
+
+def audit_records(state_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for segment in sorted((state_dir / "audit").glob("audit-*.jsonl"))
+        for line in segment.read_text().splitlines()
+    ]
+
+
+def test_every_decision_is_audited_without_raw_identifiers(client: openai.OpenAI, state_dir: Path) -> None:
+    from policies.audit import LocalKey, open_log, verify
+
+    with pytest.raises(openai.PermissionDeniedError):
+        ask(client, f"주민번호 {RRN} 조회")
+    ask(client, "연락처 010-1234-5678")
+    blocked, redacted = [r for r in audit_records(state_dir) if r["kind"] == "request"][-2:]
+    assert {k: blocked[k] for k in ("decision", "rule", "pii", "route", "model", "source", "tenant")} == {
+        "decision": "deny",
+        "rule": "spec.dataClasses.unique-identifier",
+        "pii": {"KR_RRN": 1},
+        "route": "/v1/chat/completions",
+        "model": MODEL,
+        "source": "127.0.0.1",
+        "tenant": "local",
+    }
+    assert blocked["promptHmac"] == open_log(state_dir).prompt_hmac(f"주민번호 {RRN} 조회")
+    assert (redacted["decision"], redacted["pii"]) == ("redact", {"KR_PHONE": 1})
+    log_text = "".join(p.read_text() for p in (state_dir / "audit").glob("audit-*.jsonl"))
+    assert "1234568" not in log_text
+    assert "010-1234-5678" not in log_text
+    result = verify(state_dir / "audit", LocalKey.load(state_dir / "audit.key"))
+    assert result.intact, result.problem
+
+
+def test_stack_start_is_an_audited_admin_action(stack: object, state_dir: Path, default_policy: object) -> None:
+    starts = [r for r in audit_records(state_dir) if r.get("action") == "stack.start"]
+    assert starts
+    assert starts[0]["policySha256"] == default_policy.digest()
+    assert starts[0]["site"] == "local"

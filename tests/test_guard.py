@@ -34,7 +34,7 @@ def test_personal_data_is_redacted_before_the_model_sees_it() -> None:
     assert verdict.effect is Effect.REDACT
     assert verdict.rule == "spec.dataClasses.personal"
     assert verdict.counts == {"EMAIL": 1, "KR_PHONE": 1}
-    assert verdict.in_country_only
+    assert verdict.in_country_rule == "spec.dataClasses.personal.inCountryOnly"
     assert texts == ["연락처 [KR_PHONE], 메일 [EMAIL]", "질문입니다"]
 
 
