@@ -43,7 +43,9 @@ test: install system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python tests/benchmarks/startup.py
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev,bench]"
+	$(BIN)/python -m tests.benchmarks.guard
+	$(BIN)/python -m tests.benchmarks.startup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -81,8 +81,11 @@ def _digits(count: int) -> str:
     return r"\d" + (_SEP + r"\d") * (count - 1)
 
 
+_NON_DIGIT = re.compile(r"\D")
+
+
 def _digit_string(matched: str) -> str:
-    return "".join(char for char in matched if char.isdigit())
+    return _NON_DIGIT.sub("", matched)
 
 
 def _separator_positions(matched: str) -> tuple[int, ...]:
@@ -98,18 +101,48 @@ def _separator_positions(matched: str) -> tuple[int, ...]:
     return tuple(positions)
 
 
+# Numeric identifiers are looked for only around runs of digits (separators allowed inside), found in
+# one fast scan: prose between them is never scanned again. A window reaches a few characters further
+# left, for `+82 ` and licence region names, and one further right, so boundary checks see the text.
+_DIGIT_RUN = re.compile(r"\d(?:[ \t.\-()]{0,5}\d){8,}")
+_WINDOW_LEFT = 4
+Windows = list[tuple[int, int]]
+
+
+def _windows(text: str) -> Windows:
+    return [(max(0, m.start() - _WINDOW_LEFT), min(len(text), m.end() + 1)) for m in _DIGIT_RUN.finditer(text)]
+
+
+def _in_windows(pattern: re.Pattern[str], text: str, windows: Windows) -> Iterator[re.Match[str]]:
+    """Every match at every start position, not only non-overlapping ones.
+
+    A long candidate that starts inside the previous number and fails validation must not hide
+    the identifier that follows it: the search resumes one character after each match's start.
+    """
+    seen = -1
+    for start, end in windows:
+        position = max(start, seen + 1)
+        while (match := pattern.search(text, position, end)) is not None:
+            seen = match.start()
+            yield match
+            position = seen + 1
+
+
 _CONTEXT_WINDOW_BEFORE = 40
 _CONTEXT_WINDOW_AFTER = 20
 
 
-def _has_context(text: str, start: int, end: int, words: tuple[str, ...]) -> bool:
-    window = text[max(0, start - _CONTEXT_WINDOW_BEFORE) : start] + " " + text[end : end + _CONTEXT_WINDOW_AFTER]
-    squeezed = re.sub(r"\s+", "", window).lower()
-    return any(word in squeezed for word in words)
+def _has_context(text: str, start: int, end: int, words: re.Pattern[str]) -> bool:
+    return bool(
+        words.search(text, max(0, start - _CONTEXT_WINDOW_BEFORE), start)
+        or words.search(text, end, end + _CONTEXT_WINDOW_AFTER)
+    )
 
 
-def _words(*words: str) -> tuple[str, ...]:
-    return tuple(re.sub(r"\s+", "", word).lower() for word in words)
+def _words(*words: str) -> re.Pattern[str]:
+    """Context words as one case-insensitive pattern that tolerates spacing: `주민 등록번호` counts."""
+    spaced = [r"\s*".join(map(re.escape, re.sub(r"\s+", "", word))) for word in words]
+    return re.compile("|".join(spaced), re.IGNORECASE)
 
 
 # --- resident and foreigner registration numbers -------------------------------------------------
@@ -139,8 +172,8 @@ def _registration_checksum_ok(digits: str, foreigner: bool) -> bool:
     return check == int(digits[12])
 
 
-def _registration_numbers(text: str) -> Iterator[Finding]:
-    for match in _REGISTRATION.finditer(text):
+def _registration_numbers(text: str, windows: Windows) -> Iterator[Finding]:
+    for match in _in_windows(_REGISTRATION, text, windows):
         digits = _digit_string(match.group())
         foreigner = digits[6] in "5678"
         born = _birth_date(digits)
@@ -172,8 +205,8 @@ def _brn_checksum_ok(digits: str) -> bool:
     return (10 - total % 10) % 10 == int(digits[9])
 
 
-def _business_numbers(text: str) -> Iterator[Finding]:
-    for match in _BRN.finditer(text):
+def _business_numbers(text: str, windows: Windows) -> Iterator[Finding]:
+    for match in _in_windows(_BRN, text, windows):
         digits = _digit_string(match.group())
         if not _brn_checksum_ok(digits):
             continue
@@ -213,9 +246,9 @@ _LANDLINE = re.compile(
 _PHONE_CONTEXT = _words("전화", "연락처", "휴대폰", "핸드폰", "tel", "phone", "mobile", "팩스", "fax")
 
 
-def _phone_numbers(text: str) -> Iterator[Finding]:
-    for pattern, base in ((_MOBILE, 0.85), (_LANDLINE, 0.75)):
-        for match in pattern.finditer(text):
+def _phone_numbers(text: str, windows: Windows) -> Iterator[Finding]:
+    for pattern, base in ((_MOBILE, 0.85), (_LANDLINE, 0.8)):
+        for match in _in_windows(pattern, text, windows):
             boosted = _has_context(text, match.start(), match.end(), _PHONE_CONTEXT)
             yield Finding(PiiType.KR_PHONE, match.start(), match.end(), min(1.0, base + 0.1 * boosted))
 
@@ -226,7 +259,7 @@ _PASSPORT = re.compile(r"(?<![0-9A-Za-z])[MSRGDT](?:(\d{8})|\d{3}[A-Z]\d{4})(?![
 _PASSPORT_CONTEXT = _words("여권", "passport", "여권번호")
 
 
-def _passports(text: str) -> Iterator[Finding]:
+def _passports(text: str, _: Windows) -> Iterator[Finding]:
     for match in _PASSPORT.finditer(text):
         in_context = _has_context(text, match.start(), match.end(), _PASSPORT_CONTEXT)
         old_format = match.group(1) is not None
@@ -252,8 +285,8 @@ _DRIVER_LICENSE = re.compile(
 _LICENSE_CONTEXT = _words("운전면허", "면허번호", "driver", "driving licen", "license no")
 
 
-def _driver_licenses(text: str) -> Iterator[Finding]:
-    for match in _DRIVER_LICENSE.finditer(text):
+def _driver_licenses(text: str, windows: Windows) -> Iterator[Finding]:
+    for match in _in_windows(_DRIVER_LICENSE, text, windows):
         in_context = _has_context(text, match.start(), match.end(), _LICENSE_CONTEXT)
         hangul_region = match.group(1) is None
         written_as_licence = hangul_region or _separator_positions(match.group()) == (2, 4, 10)
@@ -275,8 +308,8 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _cards(text: str) -> Iterator[Finding]:
-    for match in _CARD.finditer(text):
+def _cards(text: str, windows: Windows) -> Iterator[Finding]:
+    for match in _in_windows(_CARD, text, windows):
         digits = _digit_string(match.group())
         if digits[0] not in "3456789" or not _luhn_ok(digits):
             continue
@@ -309,8 +342,8 @@ _ACCOUNT_CONTEXT = _words(
 )
 
 
-def _bank_accounts(text: str) -> Iterator[Finding]:
-    for match in _ACCOUNT.finditer(text):
+def _bank_accounts(text: str, windows: Windows) -> Iterator[Finding]:
+    for match in _in_windows(_ACCOUNT, text, windows):
         if 10 <= len(_digit_string(match.group())) <= 14 and _has_context(
             text, match.start(), match.end(), _ACCOUNT_CONTEXT
         ):
@@ -320,12 +353,14 @@ def _bank_accounts(text: str) -> Iterator[Finding]:
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 
 
-def _emails(text: str) -> Iterator[Finding]:
+def _emails(text: str, _: Windows) -> Iterator[Finding]:
+    if "@" not in text:
+        return
     for match in _EMAIL.finditer(text):
         yield Finding(PiiType.EMAIL, match.start(), match.end(), 0.95)
 
 
-_DETECTORS: dict[Callable[[str], Iterator[Finding]], frozenset[PiiType]] = {
+_DETECTORS: dict[Callable[[str, Windows], Iterator[Finding]], frozenset[PiiType]] = {
     _registration_numbers: frozenset({PiiType.KR_RRN, PiiType.KR_FRN}),
     _business_numbers: frozenset({PiiType.KR_BRN}),
     _phone_numbers: frozenset({PiiType.KR_PHONE}),
@@ -343,11 +378,12 @@ def detect(text: str, types: frozenset[PiiType] | None = None) -> list[Finding]:
     if not _HAS_DIGIT_OR_AT.search(text):
         return []
     normalised, positions = _normalise(text)
+    windows = _windows(normalised)
     candidates = [
         finding
         for detector, produces in _DETECTORS.items()
         if types is None or produces & types
-        for finding in detector(normalised)
+        for finding in detector(normalised, windows)
         if finding.score >= REPORT_THRESHOLD and (types is None or finding.type in types)
     ]
     chosen: list[Finding] = []

@@ -5,37 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policies.pii import REPORT_THRESHOLD, Finding, PiiType, detect, redact
-
-WEIGHTS = (2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5)
-
-
-def registration_number(first_twelve: str, foreigner: bool = False) -> str:
-    """A 13-digit resident (or foreigner) number with a valid check digit."""
-    total = sum(int(digit) * weight for digit, weight in zip(first_twelve, WEIGHTS, strict=True))
-    return first_twelve + str(((13 if foreigner else 11) - total % 11) % 10)
-
-
-def bad_check_digit(number: str) -> str:
-    return number[:-1] + str((int(number[-1]) + 1) % 10)
-
-
-def business_number(first_nine: str) -> str:
-    weights = (1, 3, 7, 1, 3, 7, 1, 3, 5)
-    total = sum(int(d) * w for d, w in zip(first_nine, weights, strict=True)) + int(first_nine[8]) * 5 // 10
-    return first_nine + str((10 - total % 10) % 10)
-
-
-def luhn_complete(prefix: str) -> str:
-    for check in "0123456789":
-        digits = prefix + check
-        total = sum(
-            (int(d) * 2 - 9 if int(d) * 2 > 9 else int(d) * 2) if i % 2 else int(d)
-            for i, d in enumerate(reversed(digits))
-        )
-        if total % 10 == 0:
-            return digits
-    raise AssertionError("unreachable")
-
+from tests.pii_samples import bad_check_digit, business_number, luhn_complete, registration_number
 
 RRN = registration_number("900101123456")  # born 1990-01-01, male
 FRN = registration_number("850315512345", foreigner=True)
@@ -272,3 +242,18 @@ def test_redact_replaces_spans_with_typed_placeholders() -> None:
     text = f"주민번호 {hyphenated(RRN)}, 메일 a@b.kr 끝"
     assert redact(text, detect(text)) == "주민번호 [KR_RRN], 메일 [EMAIL] 끝"
     assert redact("nothing here", []) == "nothing here"
+
+
+def test_a_failed_candidate_does_not_hide_the_identifier_after_it() -> None:
+    card = luhn_complete("927257759194384")
+    written = " ".join(card[i : i + 4] for i in range(0, 16, 4))
+    text = f"주문 123-5880-6588. {written} 로 확인했습니다"
+    assert ("CREDIT_CARD", written) in spans(text)
+    assert spans("번호 02-8798-3034. 02-4949-6280 확인") == [("KR_PHONE", "02-8798-3034"), ("KR_PHONE", "02-4949-6280")]
+
+
+def test_a_landline_next_to_a_bank_name_is_still_a_phone() -> None:
+    assert spans("상담 기록: 02-8798-3034. 신한은행 계좌 110-123-456789") == [
+        ("KR_PHONE", "02-8798-3034"),
+        ("KR_BANK_ACCOUNT", "110-123-456789"),
+    ]

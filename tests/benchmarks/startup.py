@@ -1,7 +1,7 @@
 """Time from `make up` in a fresh clone to the first chat completion, as an evaluator meets it.
 
-    python tests/benchmarks/startup.py            # cold: fresh clone, empty venv, uv and model caches
-    python tests/benchmarks/startup.py --warm     # the same clone started a second time
+    python -m tests.benchmarks.startup            # cold: fresh clone, empty venv, uv and model caches
+    python -m tests.benchmarks.startup --warm     # the same clone started a second time
 
 Each run clones HEAD into a temporary directory, runs `make up` on a free loopback port, waits for
 `/v1/models`, sends one chat completion with the official openai client, then sends Ctrl-C.
