@@ -32,8 +32,23 @@ def require_in_country_site(policy: ResidencyPolicy, site: str) -> None:
 
 
 def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -> Application:
-    """The application graph: the OpenAI ingress bound to the model server."""
+    """The application graph: the OpenAI ingress bound to the model server and any upstreams."""
+    evaluator = PolicyEvaluator(policy)
+    for upstream in config.upstreams:
+        if upstream.name == card.id:
+            raise ValueError(f"upstream `{upstream.name}` has the same name as the served model")
+        decision = evaluator.may_send("public", upstream.url)
+        if not decision.allowed:
+            raise ResidencyViolation(
+                f"refusing upstream `{upstream.name}` at {upstream.url}: {decision.reason} ({decision.rule})"
+            )
     model_server = LLMServer.bind(card, config.dtype)
     return OpenAIIngress.bind(
-        model_server, card, config.site, policy, config.default_enable_thinking, config.resolved_state_dir()
+        model_server,
+        card,
+        config.site,
+        policy,
+        config.default_enable_thinking,
+        config.resolved_state_dir(),
+        config.upstreams,
     )

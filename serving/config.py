@@ -9,6 +9,26 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Upstream(BaseModel):
+    """An OpenAI-compatible model endpoint served through the gateway, under the same policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Model id clients send to reach this upstream.")
+    url: str = Field(
+        pattern=r"^https?://", description="Base URL of the upstream OpenAI-compatible API, e.g. https://llm.kr/v1."
+    )
+    model: str | None = Field(None, description="Model id at the upstream; defaults to `name`.")
+
+    @classmethod
+    def parse(cls, text: str) -> Upstream:
+        """`NAME=URL`, as `sovereign up --upstream` takes it."""
+        name, separator, url = text.partition("=")
+        if not separator:
+            raise ValueError(f"`{text}` is not NAME=URL, e.g. kanana=https://llm.example.kr/v1")
+        return cls(name=name, url=url)
+
+
 class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,6 +50,10 @@ class ServingConfig(BaseModel):
     )
     cache_dir: Path | None = Field(
         None, description="Where the tiny model is built; defaults to $SOVEREIGN_CACHE_DIR or ~/.cache."
+    )
+    upstreams: list[Upstream] = Field(
+        default_factory=list,
+        description="OpenAI-compatible endpoints served through the gateway; egress to each is policy-checked.",
     )
     state_dir: Path | None = Field(
         None,

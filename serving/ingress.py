@@ -24,13 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policies import PolicyEvaluator, ResidencyPolicy
 from policies.audit import open_log
-from policies.evaluation import Effect
+from policies.evaluation import Decision, Effect
 from policies.guard import Guard, Verdict
 from serving.checkpoint import ModelCard
+from serving.config import Upstream
 from serving.errors import APIError
 from serving.generation import SamplingParams
 from serving.llm_server import GenerationJob
 from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.upstream import UpstreamRelay
 
 logger = logging.getLogger("ray.serve")
 
@@ -218,6 +220,11 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
     )
 
 
+def _forwarded(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+    """The request as an upstream receives it: only the fields the client set."""
+    return body.model_dump(mode="json", exclude_unset=True)
+
+
 def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream]) -> StreamingResponse:
     return StreamingResponse(
         _sse(chunks, lambda: [stream.cancel() for stream in streams]), media_type="text/event-stream"
@@ -249,16 +256,18 @@ class OpenAIIngress:
         policy: ResidencyPolicy,
         default_enable_thinking: bool,
         state_dir: Path,
+        upstreams: list[Upstream],
     ) -> None:
         self.llm = llm
         self.card = card
         self.site = site
         self.policy = policy
         self.default_enable_thinking = default_enable_thinking
-        evaluator = PolicyEvaluator(policy)
-        self.guard = Guard(evaluator)
-        self.serves_in_country = evaluator.site_in_country(site).allowed
+        self.evaluator = PolicyEvaluator(policy)
+        self.guard = Guard(self.evaluator)
+        self.serves_in_country = self.evaluator.site_in_country(site).allowed
         self.audit = open_log(state_dir)
+        self.relays = {upstream.name: UpstreamRelay(upstream, self.guard) for upstream in upstreams}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -275,20 +284,23 @@ class OpenAIIngress:
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_object()]}
+        return {"object": "list", "data": [self._model_object(), *map(self._upstream_object, self.relays)]}
 
     @api.get("/v1/models/{model_id:path}")
     async def retrieve_model(self, model_id: str) -> dict[str, Any]:
-        self._require_model(model_id, param=None)
-        return self._model_object()
+        relay = self._route(model_id, param=None)
+        return self._upstream_object(model_id) if relay else self._model_object()
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-        self._require_model(body.model)
+        relay = self._route(body.model)
         enable_thinking = self.default_enable_thinking
         if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
             enable_thinking = body.chat_template_kwargs.enable_thinking
-        texts = await self._guarded([message.text() for message in body.messages], "messages", request)
+        texts = await self._guarded([message.text() for message in body.messages], "messages", request, relay)
+        if relay is not None:
+            messages = [{"role": m.role, "content": text} for m, text in zip(body.messages, texts, strict=True)]
+            return await self._relay(relay, "chat/completions", {**_forwarded(body), "messages": messages})
         job = GenerationJob(
             params=_sampling(body),
             messages=[
@@ -307,7 +319,12 @@ class OpenAIIngress:
 
     @api.post("/v1/completions", response_model=None)
     async def completions(self, body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-        self._require_model(body.model)
+        relay = self._route(body.model)
+        if relay is not None:
+            if not isinstance(body.prompt, str):
+                raise APIError(400, "upstream models take a single text `prompt`", "prompt")
+            (prompt,) = await self._guarded([body.prompt], "prompt", request, relay)
+            return await self._relay(relay, "completions", {**_forwarded(body), "prompt": prompt})
         prompts = await self._guarded_prompts(body, request)
         jobs = [GenerationJob(params=_sampling(body), prompt=prompt) for prompt in prompts]
         streams = await self._open(jobs)
@@ -321,14 +338,16 @@ class OpenAIIngress:
 
     # -- generation plumbing -------------------------------------------------------------------
 
-    async def _guarded(self, texts: list[str], param: str, request: Request) -> list[str]:
-        """Apply the residency policy to a request's texts and audit the decision.
+    async def _guarded(
+        self, texts: list[str], param: str, request: Request, relay: UpstreamRelay | None = None
+    ) -> list[str]:
+        """Apply the residency policy to a request's texts and where they would go, and audit the decision.
 
         Refuses the request, or returns the texts as the model may see them.
         """
         verdict, allowed = self.guard.inspect(texts)
-        refused_abroad = verdict.in_country_only and not self.serves_in_country
-        await self._audit(request, texts, verdict, refused_abroad)
+        refusal = self._egress_refusal(verdict, relay)
+        await self._audit(request, texts, verdict, refusal, relay)
         if verdict.effect is Effect.DENY:
             raise APIError(
                 403,
@@ -337,20 +356,52 @@ class OpenAIIngress:
                 param,
                 "data_class_blocked",
             )
-        if refused_abroad:
+        if refusal is not None and refusal.rule.endswith(".inCountryOnly"):
             # Never fall back to a deployment abroad.
             raise APIError(
                 503,
                 f"This request carries data that must stay in {self.policy.spec.jurisdiction.code} "
-                f"(rule {verdict.in_country_rule}), and no in-country deployment of this model is available.",
+                f"(rule {refusal.rule}), and no in-country deployment of this model is available.",
                 code="no_in_country_deployment",
+            )
+        if refusal is not None:
+            raise APIError(
+                403,
+                f"The residency policy does not allow this request: {refusal.reason} (rule {refusal.rule}).",
+                param,
+                "egress_denied",
             )
         return allowed
 
-    async def _audit(self, request: Request, texts: list[str], verdict: Verdict, refused_abroad: bool) -> None:
+    def _egress_refusal(self, verdict: Verdict, relay: UpstreamRelay | None) -> Decision | None:
+        """Why the request's data may not go where the model runs, if it may not."""
+        if relay is None:
+            if verdict.in_country_rule and not self.serves_in_country:
+                return Decision(Effect.DENY, verdict.in_country_rule, f"site `{self.site}` is not in-country")
+            return None
+        for data_class in sorted(verdict.data_classes):
+            decision = self.evaluator.may_send(data_class, relay.upstream.url)
+            if not decision.allowed:
+                return decision
+        return None
+
+    async def _relay(self, relay: UpstreamRelay, path: str, body: dict[str, Any]) -> JSONResponse | StreamingResponse:
+        if not body.get("stream"):
+            return JSONResponse(await relay.complete(path, body))
+        chunks = await relay.stream(path, body)
+        return StreamingResponse(_sse(chunks, lambda: None), media_type="text/event-stream")
+
+    async def _audit(
+        self,
+        request: Request,
+        texts: list[str],
+        verdict: Verdict,
+        refusal: Decision | None,
+        relay: UpstreamRelay | None,
+    ) -> None:
         decision, rule = verdict.effect.value, verdict.rule
-        if refused_abroad and verdict.effect is not Effect.DENY:
-            decision, rule = Effect.DENY.value, str(verdict.in_country_rule)
+        if refusal is not None and verdict.effect is not Effect.DENY:
+            decision, rule = Effect.DENY.value, refusal.rule
         # The audit write is durable (fsync'ed) before the request goes on; it must not block the event loop.
         await asyncio.to_thread(
             self.audit.append,
@@ -359,7 +410,8 @@ class OpenAIIngress:
             principal="anonymous",
             source=request.client.host if request.client else None,
             route=request.url.path,
-            model=self.card.id,
+            model=relay.upstream.name if relay else self.card.id,
+            upstream=relay.upstream.url if relay else None,
             decision=decision,
             rule=rule,
             pii=verdict.counts,
@@ -435,11 +487,24 @@ class OpenAIIngress:
             "site": self.site,
         }
 
-    def _require_model(self, model_id: str, param: str | None = "model") -> None:
-        if model_id != self.card.id:
-            raise APIError(
-                404,
-                f"The model `{model_id}` does not exist. Available models: {self.card.id}.",
-                param,
-                "model_not_found",
-            )
+    def _route(self, model_id: str, param: str | None = "model") -> UpstreamRelay | None:
+        """The relay serving `model_id`, or None for the local model; 404 for anything else."""
+        if model_id == self.card.id:
+            return None
+        if model_id in self.relays:
+            return self.relays[model_id]
+        available = ", ".join([self.card.id, *self.relays])
+        raise APIError(
+            404, f"The model `{model_id}` does not exist. Available models: {available}.", param, "model_not_found"
+        )
+
+    def _upstream_object(self, name: str) -> dict[str, Any]:
+        destination = self.evaluator.may_send("public", self.relays[name].upstream.url)
+        return {
+            "id": name,
+            "object": "model",
+            "created": self.card.created,
+            "owned_by": "upstream",
+            "upstream": self.relays[name].upstream.url,
+            "egress_rule": destination.rule,
+        }

@@ -110,7 +110,8 @@ PolicyFile = Annotated[
         "Examples:\n\n"
         "  [bold]sovereign up[/bold]  serve the tiny built-in A.X K1 model on http://127.0.0.1:8000\n\n"
         "  [bold]sovereign up --model /data/A.X-K1 --port 9000[/bold]  serve a local HF checkpoint\n\n"
-        "  [bold]sovereign up --policy my-policy.yaml --site kr-seoul-1[/bold]  run as a policy site"
+        "  [bold]sovereign up --policy my-policy.yaml --site kr-seoul-1[/bold]  run as a policy site\n\n"
+        "  [bold]sovereign up --upstream kanana=https://llm.sovereign.kr/v1[/bold]  also relay an in-country model"
     )
 )
 def up(
@@ -140,6 +141,14 @@ def up(
             help="Default Think Fusion mode when a request does not set enable_thinking.",
         ),
     ] = False,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also serve an OpenAI-compatible model as NAME=URL (repeatable); egress to it is checked "
+            "against the policy before any byte is sent.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the whole stack on this machine: Ray, Ray Serve and the OpenAI-compatible API.
 
@@ -157,6 +166,8 @@ def up(
             f"serving is not installed ({error.name} is missing)",
             "install it with: pip install 'sovereign-stack[serving]'",
         )
+    from serving.config import Upstream
+
     try:
         config = ServingConfig(
             model_path=model,
@@ -166,10 +177,15 @@ def up(
             port=port,
             dtype=dtype,
             default_enable_thinking=think,
+            upstreams=[Upstream.parse(text) for text in upstream or []],
         )
     except ValidationError as error:
         first = error.errors()[0]
-        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        # An upstream's own fields (name, url, model) are all given through --upstream.
+        field = "upstream" if str(first["loc"][0]) in Upstream.model_fields else str(first["loc"][0])
+        fail(f"--{field.replace('_', '-')}: {first['msg']}")
+    except ValueError as error:
+        fail(f"--upstream: {error}")
 
     if not _is_loopback(host):
         errors.print(
@@ -212,6 +228,8 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
         fail(str(error))
     except DeploymentFailed as error:
         fail(str(error), "the Ray Serve logs are under /tmp/ray/session_latest/logs/serve/")
+    except ValueError as error:
+        fail(str(error))
     return stack
 
 

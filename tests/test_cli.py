@@ -181,3 +181,31 @@ def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout == "sovereign-stack 0.1.0\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "no-equals-sign",
+            "error: --upstream: `no-equals-sign` is not NAME=URL, e.g. kanana=https://llm.example.kr/v1",
+        ),
+        ("x=ftp://host/v1", "error: --upstream: String should match pattern '^https?://'"),
+    ],
+)
+def test_up_with_a_malformed_upstream(value: str, message: str) -> None:
+    result = runner.invoke(app, ["up", "--upstream", value])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == message
+
+
+def test_up_with_an_upstream_the_policy_does_not_allow() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+    result = runner.invoke(app, ["up", "--port", str(port), "--upstream", "gpt=https://api.openai.com/v1"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        "error: refusing upstream `gpt` at https://api.openai.com/v1: `https://api.openai.com/v1` is neither a site "
+        "nor on the egress allowlist; egress is denied by default (spec.egress.default)"
+    )
