@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -18,10 +20,68 @@ FOREIGN_EGRESS = """      - name: foreign-llm
         purpose: A public-data model abroad.
 """
 HELLO = [{"role": "user", "content": "안녕하세요! 자기소개를 해 주세요."}]
+# An answer whose phone number is split across two streamed chunks.
+SCRIPTED_PIECES = ["연락처는 010-12", "34-5678 입니다. 메일은 hong@exa", "mple.kr 입니다."]
+
+
+def scripted_upstream_app() -> object:
+    """An OpenAI-compatible server that always answers with SCRIPTED_PIECES: a stand-in for an external model."""
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    api = FastAPI()
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        payload = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m", "choices": [choice]}
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    @api.post("/v1/chat/completions")
+    async def chat(body: dict) -> object:
+        if body.get("stream"):
+
+            async def events() -> object:
+                yield chunk({"role": "assistant", "content": ""})
+                for piece in SCRIPTED_PIECES:
+                    yield chunk({"content": piece})
+                yield chunk({}, "stop")
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        message = {"role": "assistant", "content": "".join(SCRIPTED_PIECES)}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
+
+    return api
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: object) -> Iterator[str]:
+def scripted_upstream(allocate_port: Callable[[], int]) -> Iterator[str]:
+    import uvicorn
+
+    port = allocate_port()
+    server = uvicorn.Server(uvicorn.Config(scripted_upstream_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    with httpx.Client() as probe:
+        for _ in range(300):
+            try:
+                probe.get(f"http://127.0.0.1:{port}/docs", timeout=0.1)
+                break
+            except httpx.TransportError:
+                thread.join(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def gateway(stack: object, scripted_upstream: str) -> Iterator[str]:
     """A second gateway application in the same Serve instance, with two upstreams."""
     from ray import serve
 
@@ -34,6 +94,7 @@ def gateway(stack: object) -> Iterator[str]:
         upstreams=[
             Upstream(name="axk1-relay", url=f"{stack.base_url}/v1", model="axk1-tiny"),
             Upstream(name="foreign-llm", url="https://llm.example.com/v1"),
+            Upstream(name="scripted", url=scripted_upstream),
         ]
     )
     serve.run(build_app(config, policy, stack.card), name="gateway2", route_prefix="/gw2")
@@ -48,7 +109,7 @@ def via_gateway(gateway: str) -> openai.OpenAI:
 
 def test_upstreams_are_listed_with_their_egress_rule(via_gateway: openai.OpenAI) -> None:
     models = {model.id: model.model_extra for model in via_gateway.models.list().data}
-    assert set(models) == {"axk1-tiny", "axk1-relay", "foreign-llm"}
+    assert set(models) == {"axk1-tiny", "axk1-relay", "foreign-llm", "scripted"}
     assert models["axk1-relay"]["egress_rule"] == "spec.sites[local]"
     assert models["foreign-llm"]["egress_rule"] == "spec.egress.allow[foreign-llm]"
 
@@ -130,3 +191,18 @@ def test_an_upstream_off_the_allowlist_refuses_to_start(stack: object) -> None:
         "refusing upstream `gpt` at https://api.openai.com/v1: `https://api.openai.com/v1` is neither a site nor on "
         "the egress allowlist; egress is denied by default (spec.egress.default)"
     )
+
+
+def test_identifiers_split_across_streamed_chunks_are_masked(via_gateway: openai.OpenAI) -> None:
+    chunks = list(via_gateway.chat.completions.create(model="scripted", messages=HELLO, max_tokens=50, stream=True))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces) == "연락처는 [KR_PHONE] 입니다. 메일은 [EMAIL] 입니다."
+    for piece in pieces:
+        assert "010" not in piece
+        assert "hong" not in piece
+        assert "1234" not in piece
+
+
+def test_identifiers_in_a_relayed_answer_are_masked(via_gateway: openai.OpenAI) -> None:
+    answer = via_gateway.chat.completions.create(model="scripted", messages=HELLO, max_tokens=50)
+    assert answer.choices[0].message.content == "연락처는 [KR_PHONE] 입니다. 메일은 [EMAIL] 입니다."
