@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,34 +89,35 @@ def test_edited_last_record_needs_the_key(tmp_path: Path, key: LocalKey) -> None
     )
 
 
-def test_deleted_record_is_named(tmp_path: Path, key: LocalKey) -> None:
-    write_log(tmp_path / "log", key, 6)
-    lines = segment_lines(tmp_path / "log")
+def delete_fourth(lines: list[str]) -> None:
     del lines[3]
-    rewrite(tmp_path / "log", lines)
-    assert verify(tmp_path / "log").problem == (
-        "record 4 (audit-000001.jsonl line 4): expected record 3; missing records before it"
-    )
 
 
-def test_inserted_record_is_named(tmp_path: Path, key: LocalKey) -> None:
-    write_log(tmp_path / "log", key, 6)
-    lines = segment_lines(tmp_path / "log")
+def insert_copy_of_second(lines: list[str]) -> None:
     lines.insert(3, lines[1])
-    rewrite(tmp_path / "log", lines)
-    assert verify(tmp_path / "log").problem == (
-        "record 1 (audit-000001.jsonl line 4): expected record 3; out of order or inserted"
-    )
 
 
-def test_reordered_records_are_named(tmp_path: Path, key: LocalKey) -> None:
+def swap_third_and_fourth(lines: list[str]) -> None:
+    lines[2], lines[3] = lines[3], lines[2]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "problem"),
+    [
+        (delete_fourth, "record 4 (audit-000001.jsonl line 4): expected record 3; missing records before it"),
+        (insert_copy_of_second, "record 1 (audit-000001.jsonl line 4): expected record 3; out of order or inserted"),
+        (swap_third_and_fourth, "record 3 (audit-000001.jsonl line 3): expected record 2; missing records before it"),
+    ],
+    ids=["deleted", "inserted", "reordered"],
+)
+def test_removed_added_or_moved_records_are_named(
+    tmp_path: Path, key: LocalKey, tamper: Callable[[list[str]], None], problem: str
+) -> None:
     write_log(tmp_path / "log", key, 6)
     lines = segment_lines(tmp_path / "log")
-    lines[2], lines[3] = lines[3], lines[2]
+    tamper(lines)
     rewrite(tmp_path / "log", lines)
-    assert verify(tmp_path / "log").problem == (
-        "record 3 (audit-000001.jsonl line 3): expected record 2; missing records before it"
-    )
+    assert verify(tmp_path / "log").problem == problem
 
 
 def test_truncated_last_line_is_tolerated_reported_and_repaired(tmp_path: Path, key: LocalKey) -> None:
