@@ -268,19 +268,15 @@ class OpenAIIngress:
         self.serves_in_country = self.evaluator.site_in_country(site).allowed
         self.audit = open_log(state_dir)
         self.relays = {upstream.name: UpstreamRelay(upstream, self.guard) for upstream in upstreams}
+        self.policy_summary = {
+            "name": policy.metadata.name,
+            "jurisdiction": policy.spec.jurisdiction.code,
+            "sha256": policy.digest(),
+        }
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "model": self.card.id,
-            "site": self.site,
-            "policy": {
-                "name": self.policy.metadata.name,
-                "jurisdiction": self.policy.spec.jurisdiction.code,
-                "sha256": self.policy.digest(),
-            },
-        }
+        return {"status": "ok", "model": self.card.id, "site": self.site, "policy": self.policy_summary}
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
@@ -294,13 +290,13 @@ class OpenAIIngress:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         relay = self._route(body.model)
-        enable_thinking = self.default_enable_thinking
-        if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
-            enable_thinking = body.chat_template_kwargs.enable_thinking
         texts = await self._guarded([message.text() for message in body.messages], "messages", request, relay)
         if relay is not None:
             messages = [{"role": m.role, "content": text} for m, text in zip(body.messages, texts, strict=True)]
             return await self._relay(relay, "chat/completions", {**_forwarded(body), "messages": messages})
+        enable_thinking = self.default_enable_thinking
+        if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
+            enable_thinking = body.chat_template_kwargs.enable_thinking
         job = GenerationJob(
             params=_sampling(body),
             messages=[
