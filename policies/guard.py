@@ -46,37 +46,39 @@ class Guard:
 
     def inspect(self, texts: list[str]) -> tuple[Verdict, list[str]]:
         """Decide on a request's texts; return the verdict and the texts as the model may see them."""
+        spec = self.evaluator.policy.spec
         findings = [detect(text) for text in texts]
         found = [finding for per_text in findings for finding in per_text]
-        classes = frozenset(self.evaluator.data_class_of(finding.type) for finding in found)
-        rules = {data_class: self.evaluator.policy.spec.data_classes.rule_for(data_class) for data_class in classes}
-        counts = dict(sorted(Counter(finding.type.value for finding in found).items()))
+        classes = frozenset(spec.identifiers[finding.type] for finding in found)
         in_country_rule = next(
             (
                 f"spec.dataClasses.{data_class.value}.inCountryOnly"
                 for data_class in DataClass
-                if data_class in rules and rules[data_class].in_country_only
+                if data_class in classes and spec.data_classes.rule_for(data_class).in_country_only
             ),
             None,
         )
 
-        def verdict(effect: Effect, rule: str, of: list[Finding]) -> Verdict:
-            of_counts = dict(sorted(Counter(finding.type.value for finding in of).items()))
-            return Verdict(effect, rule, of_counts if effect is Effect.DENY else counts, classes, in_country_rule)
+        def verdict(effect: Effect, deciding: list[Finding]) -> Verdict:
+            # The rule cited is that of the first data class, in policy order, among the deciding findings.
+            first = min((spec.identifiers[f.type] for f in deciding), key=list(DataClass).index, default=None)
+            rule = f"spec.dataClasses.{first.value}" if first else "spec.dataClasses"
+            counted = deciding if effect is Effect.DENY else found
+            counts = dict(sorted(Counter(finding.type.value for finding in counted).items()))
+            return Verdict(effect, rule, counts, classes, in_country_rule)
 
         blocked = [f for f in found if self._action[f.type] is RuleAction.BLOCK]
         if blocked:
-            data_class = min({self.evaluator.data_class_of(f.type) for f in blocked}, key=list(DataClass).index)
-            return verdict(Effect.DENY, f"spec.dataClasses.{data_class.value}", blocked), texts
+            return verdict(Effect.DENY, blocked), texts
         to_redact = [[f for f in per_text if self._action[f.type] is RuleAction.REDACT] for per_text in findings]
         if any(to_redact):
-            data_class = min(
-                {self.evaluator.data_class_of(f.type) for per_text in to_redact for f in per_text},
-                key=list(DataClass).index,
-            )
             redacted = [redact(text, spans) for text, spans in zip(texts, to_redact, strict=True)]
-            return verdict(Effect.REDACT, f"spec.dataClasses.{data_class.value}", []), redacted
-        return verdict(Effect.ALLOW, "spec.dataClasses", []), texts
+            return verdict(Effect.REDACT, [f for per_text in to_redact for f in per_text]), redacted
+        return verdict(Effect.ALLOW, []), texts
+
+    def mask_output(self, text: str) -> str:
+        """A whole answer with identifiers of redacted or blocked classes masked."""
+        return redact(text, detect(text, self._masked_in_output))
 
     def output_masker(self) -> OutputMasker:
         """A masker for one streamed answer channel: identifiers of redacted or blocked classes are masked."""

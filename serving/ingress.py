@@ -417,13 +417,16 @@ class OpenAIIngress:
     async def _guarded_prompts(self, body: CompletionRequest, request: Request) -> list[str | list[int]]:
         prompts = body.prompts()
         # Token-id prompts are decoded first, so identifiers cannot slip past the guard as ids.
-        texts = [prompt if isinstance(prompt, str) else await self.llm.decode.remote(prompt) for prompt in prompts]
+        texts = await asyncio.gather(*(self._prompt_text(prompt) for prompt in prompts))
         inspected = [index for index, text in enumerate(texts) if text is not None]
         allowed = await self._guarded([texts[index] for index in inspected], "prompt", request)
         for index, text in zip(inspected, allowed, strict=True):
             if text != texts[index]:
                 prompts[index] = text
         return prompts
+
+    async def _prompt_text(self, prompt: str | list[int]) -> str | None:
+        return prompt if isinstance(prompt, str) else await self.llm.decode.remote(prompt)
 
     async def _open(self, jobs: list[GenerationJob]) -> list[_Stream]:
         """Start one generation per job and wait for each to accept or refuse its prompt."""

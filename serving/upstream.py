@@ -38,8 +38,7 @@ class UpstreamRelay:
             for holder in (choice, choice.get("message") or {}):
                 for field in _MASKED_FIELDS:
                     if isinstance(holder.get(field), str):
-                        masker = self._guard.output_masker()
-                        holder[field] = masker.feed(holder[field]) + masker.flush()
+                        holder[field] = self._guard.mask_output(holder[field])
         return payload
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
