@@ -1,4 +1,4 @@
 """Prometheus monitoring for sovereign-stack: the metric catalogue, alert rules and Grafana dashboards.
 
-Built on `policies`; it lands with the monitoring issue (see docs/ARCHITECTURE.md).
+Built on `policies`. The catalogue (`monitoring.catalogue`) is the one place metrics are defined.
 """

@@ -141,9 +141,28 @@ class AuditLog:
         return _FileLock(self._lock_path)
 
 
-def open_log(state_dir: Path) -> AuditLog:
-    """The audit log of an installation: segments in `state_dir/audit`, its key in `state_dir/audit.key`."""
-    return AuditLog(state_dir / "audit", LocalKey.load_or_create(state_dir / "audit.key"))
+def open_log(state_dir: Path, signer: Signer | None = None) -> AuditLog:
+    """The audit log of an installation: segments in `state_dir/audit`, its key in `state_dir/audit.key`.
+
+    Checkpoints are signed by `signer` (OpenBao transit) when given, else by the local key.
+    """
+    return AuditLog(state_dir / "audit", LocalKey.load_or_create(state_dir / "audit.key"), signer)
+
+
+def read_records(directory: Path, tenant: str | None, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` records, oldest first; with `tenant`, only records naming that tenant."""
+    selected: list[dict[str, Any]] = []
+    for segment in sorted(directory.glob(SEGMENT_PATTERN), reverse=True):
+        for line in reversed(segment.read_bytes().splitlines()):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash; `verify` reports it
+            if tenant is None or record.get("tenant") == tenant:
+                selected.append(record)
+                if len(selected) == limit:
+                    return selected[::-1]
+    return selected[::-1]
 
 
 class _FileLock:
@@ -206,6 +225,7 @@ class Verification:
     from_genesis: bool
     problem: str | None = None
     truncated_tail: str | None = None
+    unverified_signers: tuple[str, ...] = ()
 
     @property
     def intact(self) -> bool:
@@ -217,16 +237,18 @@ def verify(path: Path, key: LocalKey | None = None, signer: Signer | None = None
     segments = sorted(path.glob(SEGMENT_PATTERN)) if path.is_dir() else [path]
     if not segments:
         raise FileNotFoundError(f"no audit segments ({SEGMENT_PATTERN}) in `{path}`")
-    signer = signer or key
     records = checkpoints = 0
     first_seq: int | None = None
     from_genesis = False
     prev_hash: str | None = None
     expected_seq: int | None = None
     truncated: str | None = None
+    unverified: set[str] = set()
 
     def result(problem: str | None = None) -> Verification:
-        return Verification(records, len(segments), checkpoints, first_seq, from_genesis, problem, truncated)
+        return Verification(
+            records, len(segments), checkpoints, first_seq, from_genesis, problem, truncated, tuple(sorted(unverified))
+        )
 
     for segment, number, line, complete in _lines(segments):
         where = f"{segment.name} line {number}"
@@ -256,7 +278,10 @@ def verify(path: Path, key: LocalKey | None = None, signer: Signer | None = None
                 return result(f"{label}: its MAC does not match its content; it was edited")
         if record.get("kind") == "checkpoint":
             checkpoints += 1
-            if signer is not None and not signer.verify(str(record["prev"]).encode(), str(record.get("signature"))):
+            checker = next((s for s in (signer, key) if s is not None and s.name == record.get("signer")), None)
+            if checker is None:
+                unverified.add(str(record.get("signer")))
+            elif not checker.verify(str(record["prev"]).encode(), str(record.get("signature"))):
                 return result(f"{label}: checkpoint signature is invalid")
         records += 1
         prev_hash = _line_hash(line)

@@ -101,6 +101,7 @@ class Permission(StrEnum):
     USAGE_READ = "usage.read"
     TENANTS_MANAGE = "tenants.manage"
     KEYS_MANAGE = "keys.manage"
+    METRICS_READ = "metrics.read"
 
 
 class _Model(BaseModel):
@@ -228,6 +229,43 @@ class Role(_Model):
     )
 
 
+class Lockout(_Model):
+    max_failures: int = Field(
+        10, ge=1, description="Failed authentications from one source, or against one key, that trigger a lockout."
+    )
+    window_seconds: int = Field(60, ge=1, description="The window in which failures are counted.")
+    duration_seconds: int = Field(300, ge=1, description="How long the source or key stays locked out.")
+
+
+class Oidc(_Model):
+    issuer: str = Field(description="The `iss` every accepted token carries: the in-country identity provider.")
+    audience: str = Field(description="The `aud` every accepted token must name, e.g. `sovereign-gateway`.")
+    jwks_url: str = Field(
+        pattern=r"^https?://",
+        description="Where the provider publishes its signing keys (JWKS); must be allowed by `egress`.",
+    )
+    algorithms: list[str] = Field(["RS256", "ES256"], min_length=1, description="Accepted signature algorithms.")
+    tenant_claim: str = Field("tenant", description="Claim that names the caller's tenant.")
+    role_claim: str = Field("role", description="Claim that names the caller's role, one of `roles`.")
+
+
+class Access(_Model):
+    operator_tenant: Name = Field(
+        "platform",
+        description="The tenant of the platform operator; only its principals see across tenants.",
+    )
+    key_cache_seconds: float = Field(
+        5, gt=0, le=60, description="How long a verified API key is trusted before OpenBao is asked again."
+    )
+    outage_grace_seconds: float = Field(
+        300,
+        ge=0,
+        description="While OpenBao is unreachable, keys verified within this time stay valid; then requests get 503.",
+    )
+    lockout: Lockout = Field(default_factory=Lockout, description="The response to repeated failed authentications.")
+    oidc: Oidc | None = Field(None, description="Accept OIDC bearer tokens from this identity provider too.")
+
+
 class Audit(_Model):
     retention_days: int = Field(
         ge=1, description="Days audit records are kept; the Korean security-measures standard wants 730."
@@ -247,6 +285,9 @@ class PolicySpec(_Model):
     )
     roles: dict[Name, Role] = Field(min_length=1, description="Roles by name, and what each may do.")
     audit: Audit = Field(description="How long audit evidence is kept.")
+    access: Access = Field(
+        default_factory=Access, description="How callers are authenticated, and the response to failures."
+    )
 
     @field_validator("identifiers")
     @classmethod

@@ -6,7 +6,7 @@ from ray.serve import Application
 
 from policies import PolicyEvaluator, ResidencyPolicy
 from serving.checkpoint import ModelCard, inspect_checkpoint
-from serving.config import ServingConfig
+from serving.config import AccessConfig, ServingConfig
 from serving.ingress import OpenAIIngress
 from serving.llm_server import LLMServer
 from serving.tiny_model import TINY_MODEL_ID, ensure_tiny_checkpoint
@@ -31,7 +31,7 @@ def require_in_country_site(policy: ResidencyPolicy, site: str) -> None:
         raise ResidencyViolation(f"refusing to serve on site `{site}`: {decision.reason} ({decision.rule})")
 
 
-def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -> Application:
+def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard, access: AccessConfig) -> Application:
     """The application graph: the OpenAI ingress bound to the model server and any upstreams."""
     evaluator = PolicyEvaluator(policy)
     for upstream in config.upstreams:
@@ -51,4 +51,5 @@ def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard) -
         config.default_enable_thinking,
         config.resolved_state_dir(),
         config.upstreams,
+        access,
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class Upstream(BaseModel):
@@ -19,14 +20,28 @@ class Upstream(BaseModel):
         pattern=r"^https?://", description="Base URL of the upstream OpenAI-compatible API, e.g. https://llm.kr/v1."
     )
     model: str | None = Field(None, description="Model id at the upstream; defaults to `name`.")
+    api_key: SecretStr | None = Field(None, description="Bearer key the gateway sends to the upstream, if any.")
 
     @classmethod
     def parse(cls, text: str) -> Upstream:
-        """`NAME=URL`, as `sovereign up --upstream` takes it."""
+        """`NAME=URL`, as `sovereign up --upstream` takes it; the key, if any, from $SOVEREIGN_UPSTREAM_KEY_<NAME>."""
         name, separator, url = text.partition("=")
         if not separator:
             raise ValueError(f"`{text}` is not NAME=URL, e.g. kanana=https://llm.example.kr/v1")
-        return cls(name=name, url=url)
+        variable = "SOVEREIGN_UPSTREAM_KEY_" + re.sub(r"[^A-Z0-9]", "_", name.upper())
+        return cls(name=name, url=url, api_key=os.environ.get(variable))
+
+
+class AccessConfig(BaseModel):
+    """How the gateway reaches OpenBao; filled in by the launcher once OpenBao is up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vault_addr: str = Field(description="OpenBao (or Vault) address, e.g. http://127.0.0.1:8200.")
+    vault_token: SecretStr = Field(description="The gateway's own token, holding only the `sovereign-gateway` policy.")
+    vault_timeout_seconds: float = Field(
+        2.0, gt=0, description="How long the gateway waits for OpenBao before treating it as unreachable."
+    )
 
 
 class ServingConfig(BaseModel):
@@ -54,6 +69,10 @@ class ServingConfig(BaseModel):
     upstreams: list[Upstream] = Field(
         default_factory=list,
         description="OpenAI-compatible endpoints served through the gateway; egress to each is policy-checked.",
+    )
+    vault_addr: str | None = Field(
+        None,
+        description="An existing OpenBao or Vault (token from $VAULT_TOKEN or AppRole); unset starts an embedded one.",
     )
     state_dir: Path | None = Field(
         None,

@@ -27,6 +27,10 @@ class APIError(Exception):
             }
         }
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the error, e.g. `Retry-After`."""
+        return {}
+
     def as_event(self) -> dict[str, Any]:
         """The error as a generation-stream event, so it crosses process boundaries as plain data."""
         return {

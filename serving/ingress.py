@@ -13,21 +13,27 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from policies import PolicyEvaluator, ResidencyPolicy
-from policies.audit import open_log
+from monitoring import catalogue
+from policies import Permission, PolicyEvaluator, ResidencyPolicy
+from policies.access import tenant_may_send, tenant_may_use_model
+from policies.audit import open_log, read_records
 from policies.evaluation import Decision, Effect
 from policies.guard import Guard, Verdict
+from policies.openbao import AccessStore, OpenBaoRefused, OpenBaoUnavailable, TenantCipher, TransitSigner, connect
+from serving.auth import AccessDenied, AccessGate, AccessMiddleware, Caller, requires, unavailable
 from serving.checkpoint import ModelCard
-from serving.config import Upstream
+from serving.config import AccessConfig, Upstream
 from serving.errors import APIError
 from serving.generation import SamplingParams
 from serving.llm_server import GenerationJob
@@ -40,12 +46,26 @@ api = FastAPI(
     title="sovereign-stack",
     summary="OpenAI-compatible API for the sovereign A.X K1 model, served in-country.",
     version="0.1.0",
+    # Served by an authenticated route below instead: no endpoint but /healthz is open.
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
 )
+api.add_middleware(AccessMiddleware)
+
+# Each route declares the permission its caller needs; the endpoint-coverage test holds every route to it.
+ModelCaller = Annotated[Caller, requires(Permission.INFERENCE, admission="model")]
+SchemaReader = Annotated[Caller, requires(Permission.INFERENCE)]
+UsageReader = Annotated[Caller, requires(Permission.USAGE_READ)]
+AuditReader = Annotated[Caller, requires(Permission.AUDIT_READ)]
+KeyManager = Annotated[Caller, requires(Permission.KEYS_MANAGE)]
+MetricsReader = Annotated[Caller, requires(Permission.METRICS_READ)]
+TenantQuery = Annotated[str | None, Query(description="A tenant; defaults to yours (all, for the operator).")]
 
 
 @api.exception_handler(APIError)
 async def _api_error(_: Request, error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
 @api.exception_handler(RequestValidationError)
@@ -231,6 +251,12 @@ def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream])
     )
 
 
+def _append_line(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(line + "\n")
+
+
 async def _sse(chunks: AsyncIterator[dict[str, Any]], cancel: Callable[[], object]) -> AsyncIterator[str]:
     try:
         async for chunk in chunks:
@@ -242,6 +268,43 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]], cancel: Callable[[], objec
         # Serve already cancels on client disconnect; this also stops sibling choices when one fails.
         cancel()
     yield "data: [DONE]\n\n"
+
+
+class NewKeyRequest(BaseModel):
+    role: str = Field(description="A role of the residency policy, e.g. `model-user`.")
+    name: str = Field("", max_length=200, description="What the key is for, shown in key listings.")
+    tenant: str | None = Field(None, description="The tenant; defaults to the caller's. Others need the operator.")
+
+
+def _visible_tenant(gate: AccessGate, caller: Caller, tenant: str | None) -> str | None:
+    """The tenant whose data the caller asked for; None means all, which only the operator tenant may ask."""
+    if tenant is None:
+        return None if caller.principal.tenant == gate.roles.operator_tenant else caller.principal.tenant
+    if not gate.roles.sees_tenant(caller.principal, tenant):
+        raise AccessDenied(
+            403,
+            f"Tenant `{tenant}` is not yours; you may only see `{caller.principal.tenant}`.",
+            "tenant_not_visible",
+            param="tenant",
+        )
+    return tenant
+
+
+class _StoreErrors:
+    """OpenBao errors during key management become 503 (unreachable) or 400 (refused), never a 500."""
+
+    def __init__(self, action: str) -> None:
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: BaseException | None, _: object) -> bool:
+        if isinstance(error, OpenBaoUnavailable):
+            raise unavailable(f"{self._action}: OpenBao cannot be reached") from None
+        if isinstance(error, OpenBaoRefused):
+            raise APIError(400, f"{self._action}: {error}") from None
+        return False
 
 
 # Defined last: Serve's ingress wrapper captures the module's globals when it decorates the class.
@@ -257,6 +320,7 @@ class OpenAIIngress:
         default_enable_thinking: bool,
         state_dir: Path,
         upstreams: list[Upstream],
+        access: AccessConfig,
     ) -> None:
         self.llm = llm
         self.card = card
@@ -266,7 +330,13 @@ class OpenAIIngress:
         self.evaluator = PolicyEvaluator(policy)
         self.guard = Guard(self.evaluator)
         self.serves_in_country = self.evaluator.site_in_country(site).allowed
-        self.audit = open_log(state_dir)
+        openbao = connect(access.vault_addr, access.vault_token.get_secret_value(), access.vault_timeout_seconds)
+        self.audit = open_log(state_dir, TransitSigner(openbao))
+        self.cipher = TenantCipher(openbao)
+        self.captures_dir = state_dir / "captures"
+        self.gate = AccessGate(policy, AccessStore(openbao), site, self._security_event)
+        # The middleware and route dependencies find the gate here: one ingress per replica process.
+        api.state.access = self.gate
         self.relays = {upstream.name: UpstreamRelay(upstream, self.guard) for upstream in upstreams}
         self.policy_summary = {
             "name": policy.metadata.name,
@@ -278,22 +348,30 @@ class OpenAIIngress:
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.card.id, "site": self.site, "policy": self.policy_summary}
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, caller: SchemaReader) -> dict[str, Any]:
+        return api.openapi()
+
     @api.get("/v1/models")
-    async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_object(), *map(self._upstream_object, self.relays)]}
+    async def list_models(self, caller: ModelCaller) -> dict[str, Any]:
+        models = [self._model_object(), *map(self._upstream_object, self.relays)]
+        allowed = [model for model in models if tenant_may_use_model(caller.tenant, model["id"]).allowed]
+        return {"object": "list", "data": allowed}
 
     @api.get("/v1/models/{model_id:path}")
-    async def retrieve_model(self, model_id: str) -> dict[str, Any]:
-        relay = self._route(model_id, param=None)
+    async def retrieve_model(self, model_id: str, caller: ModelCaller) -> dict[str, Any]:
+        relay = self._route(model_id, caller, param=None)
         return self._upstream_object(model_id) if relay else self._model_object()
 
     @api.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-        relay = self._route(body.model)
-        texts = await self._guarded([message.text() for message in body.messages], "messages", request, relay)
+    async def chat_completions(
+        self, body: ChatCompletionRequest, request: Request, caller: ModelCaller
+    ) -> JSONResponse | StreamingResponse:
+        relay = self._route(body.model, caller)
+        texts = await self._guarded([message.text() for message in body.messages], "messages", request, caller, relay)
         if relay is not None:
             messages = [{"role": m.role, "content": text} for m, text in zip(body.messages, texts, strict=True)]
-            return await self._relay(relay, "chat/completions", {**_forwarded(body), "messages": messages})
+            return await self._relay(relay, "chat/completions", {**_forwarded(body), "messages": messages}, caller)
         enable_thinking = self.default_enable_thinking
         if body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking is not None:
             enable_thinking = body.chat_template_kwargs.enable_thinking
@@ -308,42 +386,138 @@ class OpenAIIngress:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             chunks = self._chunks(
-                request_id, "chat.completion.chunk", _chat_choices(streams[0]), streams, body.include_usage()
+                request_id, "chat.completion.chunk", _chat_choices(streams[0]), streams, body.include_usage(), caller
             )
             return _event_stream(chunks, streams)
-        return JSONResponse(await self._chat_response(request_id, streams[0]))
+        return JSONResponse(await self._chat_response(request_id, streams[0], caller))
 
     @api.post("/v1/completions", response_model=None)
-    async def completions(self, body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-        relay = self._route(body.model)
+    async def completions(
+        self, body: CompletionRequest, request: Request, caller: ModelCaller
+    ) -> JSONResponse | StreamingResponse:
+        relay = self._route(body.model, caller)
         if relay is not None:
             if not isinstance(body.prompt, str):
                 raise APIError(400, "upstream models take a single text `prompt`", "prompt")
-            (prompt,) = await self._guarded([body.prompt], "prompt", request, relay)
-            return await self._relay(relay, "completions", {**_forwarded(body), "prompt": prompt})
-        prompts = await self._guarded_prompts(body, request)
+            (prompt,) = await self._guarded([body.prompt], "prompt", request, caller, relay)
+            return await self._relay(relay, "completions", {**_forwarded(body), "prompt": prompt}, caller)
+        prompts = await self._guarded_prompts(body, request, caller)
         jobs = [GenerationJob(params=_sampling(body), prompt=prompt) for prompt in prompts]
         streams = await self._open(jobs)
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             chunks = self._chunks(
-                request_id, "text_completion", _completion_choices(streams), streams, body.include_usage()
+                request_id, "text_completion", _completion_choices(streams), streams, body.include_usage(), caller
             )
             return _event_stream(chunks, streams)
-        return JSONResponse(await self._completion_response(request_id, streams))
+        return JSONResponse(await self._completion_response(request_id, streams, caller))
+
+    # -- usage, audit, keys, metrics ---------------------------------------------------------------
+
+    @api.get("/v1/usage")
+    async def usage(
+        self,
+        caller: UsageReader,
+        tenant: TenantQuery = None,
+    ) -> dict[str, Any]:
+        visible = _visible_tenant(self.gate, caller, tenant)
+        return {"object": "list", "data": self.gate.usage_report(None if visible is None else [visible])}
+
+    @api.get("/v1/audit")
+    async def audit_records(
+        self,
+        caller: AuditReader,
+        limit: Annotated[int, Query(ge=1, le=10_000, description="How many of the newest records to return.")] = 100,
+        tenant: TenantQuery = None,
+    ) -> dict[str, Any]:
+        visible = _visible_tenant(self.gate, caller, tenant)
+        records = await asyncio.to_thread(read_records, self.audit.directory, visible, limit)
+        return {"object": "list", "data": records}
+
+    @api.get("/v1/keys")
+    async def list_keys(
+        self,
+        caller: KeyManager,
+        tenant: TenantQuery = None,
+    ) -> dict[str, Any]:
+        visible = _visible_tenant(self.gate, caller, tenant)
+        with _StoreErrors("listing keys"):
+            keys = await asyncio.to_thread(self.gate.store.keys, visible)
+        return {"object": "list", "data": [key.public() for key in keys]}
+
+    @api.post("/v1/keys", status_code=201)
+    async def create_key(self, body: NewKeyRequest, caller: KeyManager) -> dict[str, Any]:
+        tenant = _visible_tenant(self.gate, caller, body.tenant) or caller.principal.tenant
+        if body.role not in self.gate.roles:
+            known = ", ".join(self.gate.roles.names)
+            raise APIError(400, f"Invalid value for `role`: `{body.role}` is not a role; known roles: {known}.", "role")
+        with _StoreErrors("creating a key"):
+            if await asyncio.to_thread(self.gate.store.tenant, tenant) is None:
+                raise APIError(404, f"Tenant `{tenant}` does not exist.", "tenant", "tenant_not_found")
+            record, token = await asyncio.to_thread(
+                self.gate.store.create_key, tenant, body.role, body.name, caller.principal.subject
+            )
+        await self._admin_audit(caller, "key.create", keyId=record.key_id, keyTenant=tenant, keyRole=body.role)
+        return {**record.public(), "key": token}
+
+    @api.delete("/v1/keys/{key_id}")
+    async def revoke_key(self, key_id: str, caller: KeyManager) -> dict[str, Any]:
+        with _StoreErrors("revoking a key"):
+            record = await asyncio.to_thread(self.gate.store.key, key_id)
+            # Another tenant's key is reported as missing: its existence is not the caller's business.
+            if record is None or not self.gate.roles.sees_tenant(caller.principal, record.tenant):
+                raise APIError(404, f"There is no key `{key_id}` in your tenant.", "key_id", "key_not_found")
+            record = await asyncio.to_thread(self.gate.store.revoke_key, key_id)
+        await self._admin_audit(caller, "key.revoke", keyId=key_id, keyTenant=record.tenant)
+        return record.public()
+
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics(self, caller: MetricsReader) -> Response:
+        return Response(generate_latest(catalogue.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def _security_event(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "auth_failure":
+            catalogue.AUTH_FAILURES.labels(fields["reason"]).inc()
+            return
+        catalogue.AUTH_LOCKOUTS.labels(fields["subject"].split(":", 1)[0]).inc()
+        await asyncio.to_thread(self.audit.append, "security", action="lockout", **fields)
+
+    async def _admin_audit(self, caller: Caller, action: str, **fields: Any) -> None:
+        await asyncio.to_thread(
+            self.audit.append,
+            "admin",
+            action=action,
+            tenant=caller.principal.tenant,
+            principal=caller.principal.subject,
+            role=caller.principal.role,
+            **fields,
+        )
 
     # -- generation plumbing -------------------------------------------------------------------
 
     async def _guarded(
-        self, texts: list[str], param: str, request: Request, relay: UpstreamRelay | None = None
+        self, texts: list[str], param: str, request: Request, caller: Caller, relay: UpstreamRelay | None = None
     ) -> list[str]:
-        """Apply the residency policy to a request's texts and where they would go, and audit the decision.
+        """Apply the residency policy and the tenant's data classes to a request, and audit the decision.
 
         Refuses the request, or returns the texts as the model may see them.
         """
         verdict, allowed = self.guard.inspect(texts)
         refusal = self._egress_refusal(verdict, relay)
-        await self._audit(request, texts, verdict, refusal, relay)
+        tenant_refusal = tenant_may_send(caller.tenant, verdict.data_classes)
+        if tenant_refusal.allowed or verdict.effect is Effect.DENY:
+            await self._audit(request, caller, texts, verdict, refusal, relay)
+        else:
+            await self._audit(request, caller, texts, verdict, tenant_refusal, relay)
+            catalogue.ACCESS_REFUSALS.labels(caller.tenant.name, "data_class").inc()
+            raise AccessDenied(
+                403,
+                f"{tenant_refusal.reason} (rule {tenant_refusal.rule}). Remove that data and send the request again.",
+                "data_class_not_allowed",
+                param=param,
+            )
+        if caller.tenant.debug_capture:
+            await self._capture(caller, request.url.path, allowed)
         if verdict.effect is Effect.DENY:
             raise APIError(
                 403,
@@ -381,15 +555,32 @@ class OpenAIIngress:
                 return decision
         return None
 
-    async def _relay(self, relay: UpstreamRelay, path: str, body: dict[str, Any]) -> JSONResponse | StreamingResponse:
+    async def _relay(
+        self, relay: UpstreamRelay, path: str, body: dict[str, Any], caller: Caller
+    ) -> JSONResponse | StreamingResponse:
         if not body.get("stream"):
-            return JSONResponse(await relay.complete(path, body))
+            response = await relay.complete(path, body)
+            usage = response.get("usage") or {}
+            self._meter(caller, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+            return JSONResponse(response)
         chunks = await relay.stream(path, body)
         return StreamingResponse(_sse(chunks, lambda: None), media_type="text/event-stream")
+
+    async def _capture(self, caller: Caller, route: str, texts: list[str]) -> None:
+        """Keep the prompt for the tenant's debugging, encrypted under its derived transit key; never in clear."""
+        ciphertext = await asyncio.to_thread(self.cipher.encrypt, caller.tenant.name, json.dumps(texts))
+        record = {"time": time.time(), "route": route, "principal": caller.principal.subject, "ciphertext": ciphertext}
+        await asyncio.to_thread(_append_line, self.captures_dir / f"{caller.tenant.name}.jsonl", json.dumps(record))
+
+    def _meter(self, caller: Caller, prompt_tokens: int, completion_tokens: int) -> None:
+        self.gate.record_tokens(caller.tenant.name, prompt_tokens, completion_tokens)
+        catalogue.TENANT_TOKENS.labels(caller.tenant.name, "prompt").inc(prompt_tokens)
+        catalogue.TENANT_TOKENS.labels(caller.tenant.name, "completion").inc(completion_tokens)
 
     async def _audit(
         self,
         request: Request,
+        caller: Caller,
         texts: list[str],
         verdict: Verdict,
         refusal: Decision | None,
@@ -402,8 +593,9 @@ class OpenAIIngress:
         await asyncio.to_thread(
             self.audit.append,
             "request",
-            tenant="local",
-            principal="anonymous",
+            tenant=caller.principal.tenant,
+            principal=caller.principal.subject,
+            role=caller.principal.role,
             source=request.client.host if request.client else None,
             route=request.url.path,
             model=relay.upstream.name if relay else self.card.id,
@@ -414,12 +606,14 @@ class OpenAIIngress:
             promptHmac=self.audit.prompt_hmac("\n".join(texts)),
         )
 
-    async def _guarded_prompts(self, body: CompletionRequest, request: Request) -> list[str | list[int]]:
+    async def _guarded_prompts(
+        self, body: CompletionRequest, request: Request, caller: Caller
+    ) -> list[str | list[int]]:
         prompts = body.prompts()
         # Token-id prompts are decoded first, so identifiers cannot slip past the guard as ids.
         texts = await asyncio.gather(*(self._prompt_text(prompt) for prompt in prompts))
         inspected = [index for index, text in enumerate(texts) if text is not None]
-        allowed = await self._guarded([texts[index] for index in inspected], "prompt", request)
+        allowed = await self._guarded([texts[index] for index in inspected], "prompt", request, caller)
         for index, text in zip(inspected, allowed, strict=True):
             if text != texts[index]:
                 prompts[index] = text
@@ -442,21 +636,24 @@ class OpenAIIngress:
     def _envelope(self, request_id: str, kind: str) -> dict[str, Any]:
         return {"id": request_id, "object": kind, "created": int(time.time()), "model": self.card.id}
 
-    async def _chat_response(self, request_id: str, stream: _Stream) -> dict[str, Any]:
+    async def _chat_response(self, request_id: str, stream: _Stream, caller: Caller) -> dict[str, Any]:
         reasoning, content, end = await stream.collect()
+        self._meter(caller, stream.prompt_tokens, stream.completion_tokens)
         message: dict[str, Any] = {"role": "assistant", "content": content if end["answer_started"] else None}
         if stream.thinking:
             message["reasoning"] = reasoning
         choice = {"index": 0, "message": message, "finish_reason": end["finish_reason"], "logprobs": None}
         return {**self._envelope(request_id, "chat.completion"), "choices": [choice], "usage": _usage([stream])}
 
-    async def _completion_response(self, request_id: str, streams: list[_Stream]) -> dict[str, Any]:
+    async def _completion_response(self, request_id: str, streams: list[_Stream], caller: Caller) -> dict[str, Any]:
         results = await asyncio.gather(*(stream.collect() for stream in streams))
+        usage = _usage(streams)
+        self._meter(caller, usage["prompt_tokens"], usage["completion_tokens"])
         choices = [
             {"index": index, "text": reasoning + content, "finish_reason": end["finish_reason"], "logprobs": None}
             for index, (reasoning, content, end) in enumerate(results)
         ]
-        return {**self._envelope(request_id, "text_completion"), "choices": choices, "usage": _usage(streams)}
+        return {**self._envelope(request_id, "text_completion"), "choices": choices, "usage": usage}
 
     async def _chunks(
         self,
@@ -465,14 +662,22 @@ class OpenAIIngress:
         choices: AsyncIterator[dict[str, Any]],
         streams: list[_Stream],
         include_usage: bool,
+        caller: Caller,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Wrap each streamed choice in a chunk; with `include_usage`, end with a usage-only chunk."""
+        """Wrap each streamed choice in a chunk; with `include_usage`, end with a usage-only chunk.
+
+        Tokens are metered when the stream ends, also when the client went away mid-answer.
+        """
         envelope = self._envelope(request_id, kind)
         usage_field = {"usage": None} if include_usage else {}
-        async for choice in choices:
-            yield {**envelope, "choices": [choice], **usage_field}
-        if include_usage:
-            yield {**envelope, "choices": [], "usage": _usage(streams)}
+        try:
+            async for choice in choices:
+                yield {**envelope, "choices": [choice], **usage_field}
+            if include_usage:
+                yield {**envelope, "choices": [], "usage": _usage(streams)}
+        finally:
+            usage = _usage(streams)
+            self._meter(caller, usage["prompt_tokens"], usage["completion_tokens"])
 
     # -- models ----------------------------------------------------------------------------------
 
@@ -486,16 +691,18 @@ class OpenAIIngress:
             "site": self.site,
         }
 
-    def _route(self, model_id: str, param: str | None = "model") -> UpstreamRelay | None:
-        """The relay serving `model_id`, or None for the local model; 404 for anything else."""
-        if model_id == self.card.id:
-            return None
-        if model_id in self.relays:
-            return self.relays[model_id]
-        available = ", ".join([self.card.id, *self.relays])
-        raise APIError(
-            404, f"The model `{model_id}` does not exist. Available models: {available}.", param, "model_not_found"
-        )
+    def _route(self, model_id: str, caller: Caller, param: str | None = "model") -> UpstreamRelay | None:
+        """The relay serving `model_id`, or None for the local model; 404 for unknown, 403 for not the tenant's."""
+        if model_id != self.card.id and model_id not in self.relays:
+            available = ", ".join([self.card.id, *self.relays])
+            raise APIError(
+                404, f"The model `{model_id}` does not exist. Available models: {available}.", param, "model_not_found"
+            )
+        decision = tenant_may_use_model(caller.tenant, model_id)
+        if not decision.allowed:
+            catalogue.ACCESS_REFUSALS.labels(caller.tenant.name, "model").inc()
+            raise AccessDenied(403, f"{decision.reason} (rule {decision.rule}).", "model_not_allowed", param=param)
+        return self.relays.get(model_id)
 
     def _upstream_object(self, name: str) -> dict[str, Any]:
         destination = self.evaluator.may_send("public", self.relays[name].upstream.url)

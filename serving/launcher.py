@@ -16,12 +16,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies import ResidencyPolicy
+from policies.access import Tenant
 from policies.audit import AuditLog, open_log
+from policies.openbao import (
+    GATEWAY_POLICY,
+    AccessStore,
+    BaoServer,
+    TransitSigner,
+    bootstrap,
+    connect,
+    issue_token,
+    save_tenant,
+    start_embedded_server,
+)
 from serving.app import build_app, require_in_country_site, resolve_model
 from serving.checkpoint import ModelCard
-from serving.config import ServingConfig
+from serving.config import AccessConfig, ServingConfig
 
 APP_NAME = "sovereign"
+# The embedded stack's own tenant, and the name of the key `sovereign up` prints (replaced at each start).
+LOCAL_TENANT = "local"
+DEV_KEY_NAME = "sovereign up"
 
 # Set before Ray starts so every Ray process inherits them.
 EMBEDDED_ENVIRONMENT = {
@@ -45,11 +60,25 @@ class DeploymentFailed(RuntimeError):
 
 
 @dataclass
+class AccessSetup:
+    """OpenBao as the stack uses it: the server it started (if any), the gateway's settings, the dev key."""
+
+    access: AccessConfig
+    server: BaoServer | None
+    dev_key: str | None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@dataclass
 class RunningStack:
     config: ServingConfig
     card: ModelCard
     started_ray: bool
     audit: AuditLog
+    openbao: AccessSetup
 
     @property
     def base_url(self) -> str:
@@ -60,6 +89,7 @@ class RunningStack:
         """Stop the stack and record that in the audit log."""
         self.shut_down()
         self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
+        self.openbao.stop()
 
     def shut_down(self) -> None:
         """Stop Serve, or the whole local Ray cluster (Serve included) when this stack started it."""
@@ -94,7 +124,13 @@ def start_stack(
     check_port_free(config.host, config.port)
     step("Preparing the model checkpoint")
     card = resolve_model(config)
-    app = build_app(config, policy, card)
+    step("Starting OpenBao" if config.vault_addr is None else f"Connecting to OpenBao at {config.vault_addr}")
+    openbao = prepare_openbao(config, policy)
+    try:
+        app = build_app(config, policy, card, openbao.access)
+    except BaseException:
+        openbao.stop()
+        raise
 
     step("Starting Ray")
     os.environ.update(EMBEDDED_ENVIRONMENT)
@@ -106,8 +142,9 @@ def start_stack(
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    audit = open_log(config.resolved_state_dir())
-    stack = RunningStack(config, card, started_ray, audit)
+    gateway = connect(openbao.access.vault_addr, openbao.access.vault_token.get_secret_value())
+    audit = open_log(config.resolved_state_dir(), TransitSigner(gateway))
+    stack = RunningStack(config, card, started_ray, audit, openbao)
     step("Deploying the model server and the OpenAI API on Ray Serve")
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
@@ -115,9 +152,11 @@ def start_stack(
     except RuntimeError as error:
         cause = _deployment_failure(serve) or str(error)
         stack.shut_down()
+        openbao.stop()
         raise DeploymentFailed(cause) from None
     except BaseException:
         stack.shut_down()
+        openbao.stop()
         raise
     audit.append(
         "admin",
@@ -129,6 +168,54 @@ def start_stack(
         policySha256=policy.digest(),
     )
     return stack
+
+
+def prepare_openbao(config: ServingConfig, policy: ResidencyPolicy) -> AccessSetup:
+    """Start the embedded OpenBao (or reach the one given), bootstrap it and issue the gateway's token.
+
+    On the embedded stack it also creates the local tenant and a fresh `model-user` key for it.
+    """
+    server = None
+    if config.vault_addr is None:
+        server = start_embedded_server(
+            config.resolved_state_dir() / "openbao", free_port(config.host), free_port(config.host)
+        )
+        client = server.client()
+    else:
+        client = connect(config.vault_addr)
+    try:
+        bootstrap(client)
+        access = AccessConfig(
+            vault_addr=server.address if server else str(config.vault_addr),
+            vault_token=issue_token(client, GATEWAY_POLICY, display_name="sovereign-gateway"),
+        )
+        dev_key = _local_dev_key(AccessStore(client), policy) if server else None
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    return AccessSetup(access, server, dev_key)
+
+
+def _local_dev_key(store: AccessStore, policy: ResidencyPolicy) -> str:
+    """The embedded stack's tenants and a new model-user key; the previous start's key is revoked."""
+    if store.tenant(LOCAL_TENANT) is None:
+        save_tenant(store, policy, Tenant(name=LOCAL_TENANT, description="The embedded stack's own tenant."))
+    operator_tenant = policy.spec.access.operator_tenant
+    if store.tenant(operator_tenant) is None:
+        save_tenant(store, policy, Tenant(name=operator_tenant, description="The platform operator."))
+    for key in store.keys(LOCAL_TENANT):
+        if key.name == DEV_KEY_NAME and key.revoked is None:
+            store.revoke_key(key.key_id)
+    _, token = store.create_key(LOCAL_TENANT, "model-user", DEV_KEY_NAME, created_by=_operator())
+    return token
+
+
+def free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def _operator() -> str:

@@ -23,8 +23,11 @@ class UpstreamRelay:
     def __init__(self, upstream: Upstream, guard: Guard) -> None:
         self.upstream = upstream
         self._guard = guard
+        key = upstream.api_key.get_secret_value() if upstream.api_key else None
         self._client = httpx.AsyncClient(
-            base_url=upstream.url.rstrip("/") + "/", timeout=httpx.Timeout(300, connect=10)
+            base_url=upstream.url.rstrip("/") + "/",
+            timeout=httpx.Timeout(300, connect=10),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
         )
 
     async def complete(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from importlib.metadata import version
-from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -149,11 +148,22 @@ def up(
             show_default=False,
         ),
     ] = None,
+    vault_addr: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VAULT_ADDR",
+            help="Use this OpenBao or Vault (token from $VAULT_TOKEN, or AppRole from $VAULT_ROLE_ID and "
+            "$VAULT_SECRET_ID) instead of starting an embedded one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start the whole stack on this machine: Ray, Ray Serve and the OpenAI-compatible API.
+    """Start the whole stack on this machine: OpenBao, Ray, Ray Serve and the OpenAI-compatible API.
 
-    The residency policy is loaded first and the serving site is checked against it. The command
-    stays up until Ctrl-C, then shuts everything down cleanly.
+    The residency policy is loaded first and the serving site is checked against it. Without
+    --vault-addr an embedded OpenBao keeps tenants, key hashes and transit keys under the state
+    directory, and a fresh `model-user` key for the `local` tenant is printed (the previous one is
+    revoked). The command stays up until Ctrl-C, then shuts everything down cleanly.
     """
     from pydantic import ValidationError
 
@@ -178,6 +188,7 @@ def up(
             dtype=dtype,
             default_enable_thinking=think,
             upstreams=[Upstream.parse(text) for text in upstream or []],
+            vault_addr=vault_addr,
         )
     except ValidationError as error:
         first = error.errors()[0]
@@ -187,22 +198,16 @@ def up(
     except ValueError as error:
         fail(f"--upstream: {error}")
 
-    if not _is_loopback(host):
-        errors.print(
-            f"[bold yellow]warning:[/bold yellow] listening on {escape(host)}: the API has no authentication yet, "
-            "so anyone who can reach this address can use the model",
-            highlight=False,
-            soft_wrap=True,
-        )
     stack = _start(config, residency)
     _print_ready(stack, residency, time.monotonic() - started)
     _wait_for_interrupt()
-    with console.status("Shutting down Ray Serve and Ray"):
+    with console.status("Shutting down Ray Serve, Ray and OpenBao"):
         stack.stop()
     console.print("[green]Stopped.[/green]")
 
 
 def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
+    from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
     from serving.app import ResidencyViolation
     from serving.checkpoint import CheckpointError
     from serving.launcher import DeploymentFailed, PortInUse, start_stack
@@ -228,6 +233,10 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
         fail(str(error))
     except DeploymentFailed as error:
         fail(str(error), "the Ray Serve logs are under /tmp/ray/session_latest/logs/serve/")
+    except OpenBaoUnavailable as error:
+        fail(str(error), "check --vault-addr, or leave it out to start an embedded OpenBao")
+    except OpenBaoRefused as error:
+        fail(str(error), "the token needs the rights to bootstrap mounts, policies and tokens (see docs/access.md)")
     except ValueError as error:
         fail(str(error))
     return stack
@@ -243,7 +252,7 @@ def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float
         f"OpenAI API   {base_url}/v1",
         f"Models       {base_url}/v1/models",
         f"Health       {base_url}/healthz",
-        f"API docs     {base_url}/docs",
+        f"OpenBao      {stack.openbao.access.vault_addr}",
         f"Audit log    {escape(str(stack.audit.directory))}",
     ]
     console.print(Panel("\n".join(summary), title="sovereign-stack", expand=False), highlight=False)
@@ -252,19 +261,17 @@ def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float
         f'"max_tokens": 64, "chat_template_kwargs": {{"enable_thinking": true}}}}'
     )
     # Plain prints: commands meant for copying must not be cropped or wrapped by rich.
+    key = stack.openbao.dev_key or "$OPENAI_API_KEY"
+    if stack.openbao.dev_key:
+        print("API key of tenant `local` (model-user), shown once; the next start replaces it:")
+        print(f"  {key}")
     print("Try it:")
     print(f"  curl -s {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\")
+    print(f"    -H 'Authorization: Bearer {key}' \\")
     print(f"    -d '{body}'")
     print("For the openai client:")
-    print(f"  export OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY=unused")
+    print(f"  export OPENAI_BASE_URL={base_url}/v1 OPENAI_API_KEY={key}")
     console.print("[dim]Ctrl-C stops the stack.[/dim]")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _wait_for_interrupt() -> None:

@@ -12,6 +12,11 @@ import openai
 import pytest
 
 from policies import ResidencyPolicy, load_default_policy
+from policies.access import Tenant
+from policies.openbao import AccessStore, BaoServer, bootstrap, start_dev_server
+
+# The tenant of the session's default API key.
+TENANT = "acme"
 
 
 def free_port() -> int:
@@ -55,22 +60,59 @@ def tiny_checkpoint(cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_checkpoint: Path, default_policy: ResidencyPolicy) -> Iterator[object]:
-    """The embedded stack, in-process: `ray.init`, Ray Serve on a random loopback port, the tiny model."""
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    """`bao server -dev` on a random loopback port, bootstrapped; its root token is the operator's VAULT_TOKEN."""
+    server = start_dev_server(free_port(), tmp_path_factory.mktemp("openbao"))
+    bootstrap(server.client())
+    os.environ["VAULT_TOKEN"] = server.root_token
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def access_store(openbao: BaoServer) -> AccessStore:
+    return AccessStore(openbao.client())
+
+
+@pytest.fixture(scope="session")
+def make_key(access_store: AccessStore, default_policy: ResidencyPolicy) -> Callable[..., str]:
+    """`make_key(tenant, role)`: a new API key; a tenant given as a `Tenant` is (re)written first."""
+    from policies.openbao import save_tenant
+
+    def make(tenant: str | Tenant = TENANT, role: str = "model-user") -> str:
+        if isinstance(tenant, Tenant):
+            save_tenant(access_store, default_policy, tenant)
+            tenant = tenant.name
+        elif access_store.tenant(tenant) is None:
+            save_tenant(access_store, default_policy, Tenant(name=tenant, requests_per_minute=10_000))
+        return access_store.create_key(tenant, role, "test", created_by="pytest")[1]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def api_key(make_key: Callable[..., str]) -> str:
+    """A model-user key of tenant `acme`, used by `client` and `http`."""
+    return make_key(TENANT)
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_checkpoint: Path, default_policy: ResidencyPolicy, openbao: BaoServer) -> Iterator[object]:
+    """The embedded stack, in-process: `ray.init`, Ray Serve on a random loopback port, the tiny model, OpenBao."""
     from serving.config import ServingConfig
     from serving.launcher import start_stack
 
-    running = start_stack(ServingConfig(port=free_port()), default_policy)
+    running = start_stack(ServingConfig(port=free_port(), vault_addr=openbao.address), default_policy)
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="session")
-def client(stack: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+def client(stack: object, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="session")
-def http(stack: object) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.base_url, timeout=60) as session:
+def http(stack: object, api_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.base_url, timeout=60, headers={"Authorization": f"Bearer {api_key}"}) as session:
         yield session

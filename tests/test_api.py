@@ -151,11 +151,11 @@ def test_streamed_think_on_sends_reasoning_deltas(client: openai.OpenAI) -> None
     assert reasoning == reasoning_of(expected.choices[0].message)
 
 
-def test_think_on_and_off_in_one_concurrent_batch(stack: object) -> None:
+def test_think_on_and_off_in_one_concurrent_batch(stack: object, api_key: str) -> None:
     modes = [True, False] * 4
 
     async def batch() -> list[object]:
-        async with openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0) as client:
+        async with openai.AsyncOpenAI(base_url=f"{stack.base_url}/v1", api_key=api_key, max_retries=0) as client:
 
             async def ask(thinking: bool) -> object:
                 extra = THINK_ON if thinking else THINK_OFF

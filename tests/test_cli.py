@@ -138,21 +138,6 @@ def test_up_on_a_port_in_use() -> None:
     )
 
 
-def test_up_on_a_public_address_warns_that_the_api_is_open() -> None:
-    with socket.socket() as holder:
-        holder.bind(("0.0.0.0", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        result = runner.invoke(app, ["up", "--host", "0.0.0.0", "--port", str(port)])
-    assert result.exit_code == 1
-    warning, error = result.stderr.strip().splitlines()
-    assert warning == (
-        "warning: listening on 0.0.0.0: the API has no authentication yet, "
-        "so anyone who can reach this address can use the model"
-    )
-    assert error.startswith(f"error: port {port} on 0.0.0.0 is already in use")
-
-
 def test_up_with_a_bad_option_value() -> None:
     result = runner.invoke(app, ["up", "--dtype", "int3"])
     assert result.exit_code == 1

@@ -97,15 +97,17 @@ def test_every_decision_is_audited_without_raw_identifiers(client: openai.OpenAI
         ask(client, f"주민번호 {RRN} 조회")
     ask(client, "연락처 010-1234-5678")
     blocked, redacted = [r for r in audit_records(state_dir) if r["kind"] == "request"][-2:]
-    assert {k: blocked[k] for k in ("decision", "rule", "pii", "route", "model", "source", "tenant")} == {
+    assert {k: blocked[k] for k in ("decision", "rule", "pii", "route", "model", "source", "tenant", "role")} == {
         "decision": "deny",
         "rule": "spec.dataClasses.unique-identifier",
         "pii": {"KR_RRN": 1},
         "route": "/v1/chat/completions",
         "model": MODEL,
         "source": "127.0.0.1",
-        "tenant": "local",
+        "tenant": "acme",
+        "role": "model-user",
     }
+    assert blocked["principal"] == f"key:{client.api_key.split('_')[0].removeprefix('sk-sov-')}"
     assert blocked["promptHmac"] == open_log(state_dir).prompt_hmac(f"주민번호 {RRN} 조회")
     assert (redacted["decision"], redacted["pii"]) == ("redact", {"KR_PHONE": 1})
     log_text = "".join(p.read_text() for p in (state_dir / "audit").glob("audit-*.jsonl"))

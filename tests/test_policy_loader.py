@@ -98,7 +98,7 @@ def test_unknown_permission_lists_valid_actions() -> None:
     assert problem == (
         f"policy.yaml:{line_of(text, 'inferense')}: spec.roles.model-user.permissions[0]: Input should be '*', "
         "'inference', 'deploy', 'registry.register', 'registry.promote', 'audit.read', 'usage.read', "
-        "'tenants.manage' or 'keys.manage' (got 'inferense')"
+        "'tenants.manage', 'keys.manage' or 'metrics.read' (got 'inferense')"
     )
 
 

@@ -73,8 +73,14 @@ def test_up_serves_and_prints_a_working_example(running_up: tuple[subprocess.Pop
     assert re.search(r"Serving axk1-tiny in \d+\.\d s \(policy kr-default, site local\)", text)
     assert f"OpenAI API   http://127.0.0.1:{port}/v1" in text
     body = re.search(r"-d '(.*)'$", text, flags=re.MULTILINE)
+    key = re.search(r"OPENAI_API_KEY=(sk-sov-\S+)$", text, flags=re.MULTILINE)
     assert body, text
-    response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=json.loads(body.group(1)), timeout=60)
+    assert key, text
+    assert f"-H 'Authorization: Bearer {key.group(1)}'" in text
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    assert httpx.post(url, json=json.loads(body.group(1)), timeout=60).status_code == 401
+    headers = {"Authorization": f"Bearer {key.group(1)}"}
+    response = httpx.post(url, json=json.loads(body.group(1)), headers=headers, timeout=60)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["reasoning"]
     assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["policy"]["name"] == "kr-default"

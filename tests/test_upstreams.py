@@ -81,7 +81,7 @@ def scripted_upstream(allocate_port: Callable[[], int]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(stack: object, scripted_upstream: str) -> Iterator[str]:
+def gateway(stack: object, scripted_upstream: str, api_key: str) -> Iterator[str]:
     """A second gateway application in the same Serve instance, with two upstreams."""
     from ray import serve
 
@@ -92,19 +92,19 @@ def gateway(stack: object, scripted_upstream: str) -> Iterator[str]:
     policy = parse_policy(text.replace("  imageRegistries:\n", FOREIGN_EGRESS + "\n  imageRegistries:\n"))
     config = ServingConfig(
         upstreams=[
-            Upstream(name="axk1-relay", url=f"{stack.base_url}/v1", model="axk1-tiny"),
+            Upstream(name="axk1-relay", url=f"{stack.base_url}/v1", model="axk1-tiny", api_key=api_key),
             Upstream(name="foreign-llm", url="https://llm.example.com/v1"),
             Upstream(name="scripted", url=scripted_upstream),
         ]
     )
-    serve.run(build_app(config, policy, stack.card), name="gateway2", route_prefix="/gw2")
+    serve.run(build_app(config, policy, stack.card, stack.openbao.access), name="gateway2", route_prefix="/gw2")
     yield f"{stack.base_url}/gw2/v1"
     serve.delete("gateway2")
 
 
 @pytest.fixture(scope="module")
-def via_gateway(gateway: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway, api_key="unused", max_retries=0, timeout=60)
+def via_gateway(gateway: str, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway, api_key=api_key, max_retries=0, timeout=60)
 
 
 def test_upstreams_are_listed_with_their_egress_rule(via_gateway: openai.OpenAI) -> None:
@@ -186,7 +186,9 @@ def test_an_upstream_off_the_allowlist_refuses_to_start(stack: object) -> None:
 
     config = ServingConfig(upstreams=[Upstream(name="gpt", url="https://api.openai.com/v1")])
     with pytest.raises(ResidencyViolation) as caught:
-        build_app(config, parse_policy(default_policy_path().read_text(encoding="utf-8")), stack.card)
+        build_app(
+            config, parse_policy(default_policy_path().read_text(encoding="utf-8")), stack.card, stack.openbao.access
+        )
     assert str(caught.value) == (
         "refusing upstream `gpt` at https://api.openai.com/v1: `https://api.openai.com/v1` is neither a site nor on "
         "the egress allowlist; egress is denied by default (spec.egress.default)"

