@@ -412,6 +412,7 @@ def start_embedded_server(state_dir: Path, port: int, cluster_port: int) -> BaoS
     _stop_stale(pid_file)
     server = _spawn([bao_binary(), "server", f"-config={config}"], address, "", state_dir / "server.log")
     pid_file.write_text(str(server.pid))
+    (state_dir / "address").write_text(address)
     try:
         _wait_ready(server, expect_sealed=True)
         client = hvac.Client(url=address, timeout=5)
@@ -428,6 +429,19 @@ def start_embedded_server(state_dir: Path, port: int, cluster_port: int) -> BaoS
         server.stop()
         raise
     return server
+
+
+def operator_client(vault_addr: str | None, embedded_dir: Path) -> hvac.Client:
+    """The operator's client: `vault_addr` with $VAULT_TOKEN or AppRole, else the running embedded OpenBao."""
+    if vault_addr:
+        return connect(vault_addr)
+    address_file, init_file = embedded_dir / "address", embedded_dir / "init.json"
+    if not address_file.exists() or not init_file.exists():
+        raise OpenBaoUnavailable(
+            f"no OpenBao given and no embedded one under {embedded_dir}: set VAULT_ADDR and VAULT_TOKEN, "
+            "or start the stack with `sovereign up`"
+        )
+    return connect(address_file.read_text().strip(), json.loads(init_file.read_text())["root_token"])
 
 
 def _stop_stale(pid_file: Path) -> None:

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from policies.state import default_state_dir
+
 
 class Upstream(BaseModel):
     """An OpenAI-compatible model endpoint served through the gateway, under the same policy."""
@@ -80,9 +82,4 @@ class ServingConfig(BaseModel):
     )
 
     def resolved_state_dir(self) -> Path:
-        if self.state_dir is not None:
-            return self.state_dir
-        configured = os.environ.get("SOVEREIGN_STATE_DIR")
-        if configured:
-            return Path(configured)
-        return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "sovereign-stack"
+        return self.state_dir or default_state_dir()

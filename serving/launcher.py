@@ -29,6 +29,7 @@ from policies.openbao import (
     save_tenant,
     start_embedded_server,
 )
+from policies.state import embedded_openbao_dir
 from serving.app import build_app, require_in_country_site, resolve_model
 from serving.checkpoint import ModelCard
 from serving.config import AccessConfig, ServingConfig
@@ -178,7 +179,7 @@ def prepare_openbao(config: ServingConfig, policy: ResidencyPolicy) -> AccessSet
     server = None
     if config.vault_addr is None:
         server = start_embedded_server(
-            config.resolved_state_dir() / "openbao", free_port(config.host), free_port(config.host)
+            embedded_openbao_dir(config.resolved_state_dir()), free_port(config.host), free_port(config.host)
         )
         client = server.client()
     else:

@@ -12,7 +12,7 @@ import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,12 +23,9 @@ from rich.table import Table
 from policies import (
     DataClass,
     Decision,
-    PolicyError,
     PolicyEvaluator,
     ResidencyPolicy,
     default_policy_path,
-    load_default_policy,
-    load_policy,
 )
 
 if TYPE_CHECKING:
@@ -36,8 +33,8 @@ if TYPE_CHECKING:
     from serving.config import ServingConfig
     from serving.launcher import RunningStack
 
-console = Console()
-errors = Console(stderr=True)
+from sovereign.access_cli import keys_app, openbao_app, tenants_app
+from sovereign.output import EXIT_FAILED, EXIT_USAGE, PolicyFile, console, errors, fail, load_policy_option
 
 app = typer.Typer(
     name="sovereign",
@@ -56,6 +53,9 @@ policy_app = typer.Typer(
 app.add_typer(policy_app, name="policy")
 audit_app = typer.Typer(help="Verify the tamper-evident audit log.", rich_markup_mode="rich", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(openbao_app, name="openbao")
 
 
 def _print_version(requested: bool) -> None:
@@ -71,37 +71,6 @@ def main(
     ] = False,
 ) -> None:
     """Sovereign on-prem stack for the A.X K1 model: serve it in-country, enforce the residency policy."""
-
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def fail(message: str, hint: str | None = None, exit_code: int = EXIT_FAILED) -> NoReturn:
-    errors.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    if hint:
-        errors.print(f"[dim]hint:[/dim] {escape(hint)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(exit_code)
-
-
-def _load(path: Path | None) -> ResidencyPolicy:
-    try:
-        return load_default_policy() if path is None else load_policy(path)
-    except PolicyError as error:
-        for problem in error.problems:
-            errors.print(f"[bold red]error:[/bold red] {escape(str(problem))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED) from None
-
-
-PolicyFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--policy",
-        "-p",
-        help="Residency policy YAML; defaults to the shipped Korean policy.",
-        show_default=False,
-    ),
-]
 
 
 @app.command(
@@ -168,7 +137,7 @@ def up(
     from pydantic import ValidationError
 
     started = time.monotonic()
-    residency = _load(policy)
+    residency = load_policy_option(policy)
     try:
         from serving.config import ServingConfig
     except ImportError as error:
@@ -316,7 +285,7 @@ def scan(
     from policies.scan import ScanError, atomic_text_file, input_files
     from policies.scan import scan as scan_paths
 
-    evaluator = PolicyEvaluator(_load(policy))
+    evaluator = PolicyEvaluator(load_policy_option(policy))
     if report is not None and report.suffix not in {".json", ".md"}:
         fail(f"--report `{report}` must end in .json or .md", exit_code=EXIT_USAGE)
     try:
@@ -410,7 +379,7 @@ def policy_check(
 
     Every problem is reported with its file, line and field. Exit status 0 means valid, 1 invalid.
     """
-    residency = _load(file)
+    residency = load_policy_option(file)
     spec = residency.spec
     evaluator = PolicyEvaluator(residency)
     console.print(
@@ -484,7 +453,7 @@ def policy_decide(
 
     Exit status 0 when allowed (possibly after redaction), 1 when denied: usable in scripts.
     """
-    evaluator = PolicyEvaluator(_load(policy))
+    evaluator = PolicyEvaluator(load_policy_option(policy))
     try:
         if role is not None and action is not None:
             decision = evaluator.may(role, action)

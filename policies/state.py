@@ -1,0 +1,18 @@
+"""Where an installation keeps its state: the audit log, its key, and the embedded OpenBao."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_state_dir() -> Path:
+    """$SOVEREIGN_STATE_DIR, else $XDG_STATE_HOME/sovereign-stack (~/.local/state/sovereign-stack)."""
+    configured = os.environ.get("SOVEREIGN_STATE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "sovereign-stack"
+
+
+def embedded_openbao_dir(state_dir: Path | None = None) -> Path:
+    return (state_dir or default_state_dir()) / "openbao"

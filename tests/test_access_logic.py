@@ -1,0 +1,126 @@
+"""The access decisions as pure functions, on a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from policies import Permission, ResidencyPolicy
+from policies.access import Roles, Tenant, new_api_key, parse_api_key, secret_matches, tenant_may_use_site
+from policies.openbao import OpenBaoUnavailable
+from serving.auth import AccessDenied, Lockout, TokenBucket, _CachedLookup, seconds_to_utc_midnight
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lockout_counts_failures_in_the_window_and_expires() -> None:
+    clock = Clock()
+    lockout = Lockout(max_failures=3, window=60, duration=300, clock=clock)
+    assert not lockout.fail("source:a")
+    clock.now += 61  # the first failure leaves the window
+    assert not lockout.fail("source:a")
+    assert not lockout.fail("source:a")
+    assert lockout.remaining("source:a") == 0
+    assert lockout.fail("source:a"), "the third failure within 60 s starts a lockout"
+    assert lockout.remaining("source:a") == 300
+    assert lockout.remaining("source:b") == 0
+    clock.now += 300
+    assert lockout.remaining("source:a") == 0
+
+
+def test_token_bucket_allows_bursts_then_refills() -> None:
+    clock = Clock()
+    bucket = TokenBucket(per_minute=6, clock=clock)
+    assert [bucket.take() for _ in range(6)] == [0.0] * 6
+    assert bucket.take() == pytest.approx(10.0)
+    clock.now += 10
+    assert bucket.take() == 0.0
+
+
+def run(cache: _CachedLookup, name: str, load: object) -> object:
+    return asyncio.run(cache.get(name, load, "API key"))
+
+
+def down(_: str) -> object:
+    raise OpenBaoUnavailable("down")
+
+
+def test_cached_values_are_reverified_after_the_fresh_time() -> None:
+    clock = Clock()
+    cache = _CachedLookup(fresh=5, grace=300, clock=clock)
+    assert run(cache, "k", lambda _: "v1") == "v1"
+    assert run(cache, "k", lambda _: "v2") == "v1", "fresh: OpenBao is not asked"
+    clock.now += 5
+    assert run(cache, "k", lambda _: None) is None, "revoked: seen after 5 s"
+
+
+def test_outage_keeps_verified_values_for_the_grace_period_only() -> None:
+    clock = Clock()
+    cache = _CachedLookup(fresh=5, grace=300, clock=clock)
+    run(cache, "good", lambda _: "record")
+    run(cache, "revoked", lambda _: None)
+    clock.now += 299
+    assert run(cache, "good", down) == "record"
+    assert run(cache, "revoked", down) is None
+    with pytest.raises(AccessDenied) as unknown:
+        run(cache, "unknown", down)
+    assert unknown.value.status == 503
+    clock.now += 1
+    with pytest.raises(AccessDenied):
+        run(cache, "good", down)
+    clock.now += 1  # past the retry pause: OpenBao is asked again and answers
+    assert run(cache, "good", lambda _: "record") == "record"
+
+
+def test_platform_permissions_belong_to_the_operator_tenant(default_policy: ResidencyPolicy) -> None:
+    roles = Roles(default_policy)
+    monitor = roles.principal("acme", "key:1", "monitoring", "api-key")
+    refusal = roles.authorize(monitor, Permission.METRICS_READ)
+    assert refusal is not None
+    assert refusal.rule == "spec.access.operatorTenant"
+    assert (
+        roles.authorize(roles.principal("platform", "key:2", "monitoring", "api-key"), Permission.METRICS_READ) is None
+    )
+    user = roles.principal("acme", "key:3", "model-user", "api-key")
+    assert roles.authorize(user, Permission.AUDIT_READ).rule == "spec.roles.model-user"
+    assert roles.authorize(roles.principal("acme", "key:4", "no-such-role", "api-key"), Permission.INFERENCE)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "site", "allowed", "rule"),
+    [
+        (Tenant(name="t"), "local", True, "tenants.t.sites"),
+        (Tenant(name="t", sites=["kr-seoul-1"]), "local", False, "tenants.t.sites"),
+        (Tenant(name="t", min_csap_tier="high"), "kr-seoul-1", True, "tenants.t.sites"),
+        (Tenant(name="t", min_csap_tier="high"), "kr-daejeon-1", False, "tenants.t.minCsapTier"),
+        (Tenant(name="t", min_csap_tier="medium"), "kr-daejeon-1", True, "tenants.t.sites"),
+    ],
+)
+def test_tenant_sites_and_csap_tiers(
+    tenant: Tenant, site: str, allowed: bool, rule: str, default_policy: ResidencyPolicy
+) -> None:
+    decision = tenant_may_use_site(default_policy, tenant, site)
+    assert (decision.allowed, decision.rule) == (allowed, rule)
+
+
+def test_api_keys_parse_and_match_only_their_hash() -> None:
+    key = new_api_key()
+    key_id, secret = parse_api_key(key.token)
+    assert key_id == key.key_id
+    assert secret_matches(secret, key.secret_hash)
+    assert not secret_matches(secret[:-1] + "x", key.secret_hash)
+    assert secret not in key.secret_hash
+    assert parse_api_key("sk-sov-short_x") is None
+    assert parse_api_key(key.token + "x") is None
+
+
+def test_quota_resets_at_midnight_utc() -> None:
+    assert seconds_to_utc_midnight(datetime(2026, 11, 23, 23, 59, 30, tzinfo=UTC)) == 30
