@@ -45,6 +45,7 @@ test: install system-deps lint
 bench: install
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev,bench]"
 	$(BIN)/python -m tests.benchmarks.guard
+	$(BIN)/python -m tests.benchmarks.auth
 	$(BIN)/python -m tests.benchmarks.startup
 
 clean:

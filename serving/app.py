@@ -42,6 +42,12 @@ def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard, a
             raise ResidencyViolation(
                 f"refusing upstream `{upstream.name}` at {upstream.url}: {decision.reason} ({decision.rule})"
             )
+    if (oidc := policy.spec.access.oidc) is not None:
+        decision = evaluator.may_send("public", oidc.jwks_url)
+        if not decision.allowed:
+            raise ResidencyViolation(
+                f"refusing the identity provider's keys at {oidc.jwks_url}: {decision.reason} ({decision.rule})"
+            )
     model_server = LLMServer.bind(card, config.dtype)
     return OpenAIIngress.bind(
         model_server,

@@ -449,7 +449,7 @@ class Caller:
 def requires(permission: Permission, admission: Literal["model", "none"] = "none") -> Any:
     """A route dependency: the caller must hold `permission`; for model routes, also pass site, rate and quota."""
 
-    def check(request: Request) -> Caller:
+    async def check(request: Request) -> Caller:  # async: a sync dependency would cost a thread hop
         gate: AccessGate = request.app.state.access
         principal: Principal = request.state.principal
         tenant: Tenant = request.state.tenant
