@@ -48,11 +48,24 @@ class OpenBaoRefused(RuntimeError):
     """OpenBao refused the request: the token lacks a permission or the input is invalid."""
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
 def connect(address: str, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
-    """A client for `address`; the token defaults to $VAULT_TOKEN, or an AppRole login from $VAULT_ROLE_ID."""
+    """A client for `address`, with `token`, else $VAULT_TOKEN, else a login.
+
+    Logins: Kubernetes auth when $VAULT_K8S_ROLE is set (the pod's service account token), or
+    AppRole when $VAULT_ROLE_ID is set (with $VAULT_SECRET_ID).
+    """
     token = token or os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN")
     client = hvac.Client(url=address, token=token, timeout=timeout)
-    if token is None and (role_id := os.environ.get("VAULT_ROLE_ID")):
+    if token is not None:
+        return client
+    if k8s_role := os.environ.get("VAULT_K8S_ROLE"):
+        jwt_path = Path(os.environ.get("VAULT_K8S_TOKEN_PATH", SERVICE_ACCOUNT_TOKEN))
+        with _translated(f"Kubernetes login as `{k8s_role}` at {address}"):
+            client.auth.kubernetes.login(k8s_role, jwt_path.read_text().strip())
+    elif role_id := os.environ.get("VAULT_ROLE_ID"):
         with _translated(f"AppRole login at {address}"):
             client.auth.approle.login(role_id=role_id, secret_id=os.environ.get("VAULT_SECRET_ID"))
     return client

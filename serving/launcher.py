@@ -208,7 +208,7 @@ def _local_dev_key(store: AccessStore, policy: ResidencyPolicy) -> str:
     for key in store.keys(LOCAL_TENANT):
         if key.name == DEV_KEY_NAME and key.revoked is None:
             store.revoke_key(key.key_id)
-    _, token = store.create_key(LOCAL_TENANT, "model-user", DEV_KEY_NAME, created_by=_operator())
+    _, token = store.create_key(LOCAL_TENANT, "model-user", DEV_KEY_NAME, created_by=f"sovereign-up:{_operator()}")
     return token
 
 

@@ -106,7 +106,8 @@ def keys_list(
         return
     table = Table(title="API keys")
     for column in ("id", "tenant", "role", "name", "created", "by", "revoked"):
-        table.add_column(column)
+        # Ids and times are copied into `keys revoke` and reports: never cut them.
+        table.add_column(column, no_wrap=column in {"id", "created", "revoked"})
     for key in keys:
         table.add_row(key.key_id, key.tenant, key.role, key.name, key.created, key.created_by, key.revoked or "")
     console.print(table)

@@ -339,6 +339,14 @@ def audit_verify(
             help="The log's key file: also checks every record's MAC and checkpoint signatures.", show_default=False
         ),
     ] = None,
+    vault_addr: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VAULT_ADDR",
+            help="OpenBao that signed the checkpoints (token from $VAULT_TOKEN): checks transit signatures too.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Verify the audit log's hash chain and name the first record that was edited, removed, added or moved.
 
@@ -350,14 +358,26 @@ def audit_verify(
 
     if key is not None and not key.is_file():
         fail(f"key file `{key}` does not exist", exit_code=EXIT_USAGE)
+    from policies.openbao import OpenBaoRefused, OpenBaoUnavailable, TransitSigner, connect
+
+    signer = TransitSigner(connect(vault_addr)) if vault_addr else None
     try:
-        result = verify(path, LocalKey.load(key) if key else None)
+        result = verify(path, LocalKey.load(key) if key else None, signer)
     except FileNotFoundError as error:
         fail(str(error), exit_code=EXIT_USAGE)
+    except (OpenBaoUnavailable, OpenBaoRefused) as error:
+        fail(str(error), "the token needs `update` on transit/verify/audit-checkpoints (sovereign-auditor policy)")
     if result.truncated_tail:
         errors.print(f"[yellow]note:[/yellow] {escape(result.truncated_tail)}", highlight=False, soft_wrap=True)
     if not result.intact:
         fail(f"tampering detected at {result.problem}")
+    if result.unverified_signers:
+        errors.print(
+            f"[yellow]note:[/yellow] checkpoints signed by {', '.join(result.unverified_signers)} were not "
+            "verified; pass --vault-addr (and VAULT_TOKEN) to check them",
+            highlight=False,
+            soft_wrap=True,
+        )
     start = "genesis" if result.from_genesis else f"record {result.first_seq} (earlier segments removed)"
     checked = "chain, MACs and signatures" if key else "chain only; pass --key to check MACs and signatures"
     console.print(

@@ -77,3 +77,21 @@ def test_least_privilege_policies_are_written_as_hcl(tmp_path: Path) -> None:
     assert 'path "transit/encrypt/tenant-data"' in gateway
     assert "decrypt" not in gateway.replace("Never decrypt", "")
     assert 'path "transit/decrypt/tenant-data"' in (tmp_path / "sovereign-operator.hcl").read_text()
+
+
+def test_audit_verify_checks_transit_signatures_with_vault_addr(tmp_path: Path, env: dict[str, str]) -> None:
+    from policies.audit import AuditLog, LocalKey
+    from policies.openbao import TransitSigner, connect
+
+    signer = TransitSigner(connect(env["VAULT_ADDR"], env["VAULT_TOKEN"]))
+    log = AuditLog(tmp_path / "audit", LocalKey.load_or_create(tmp_path / "audit.key"), signer, checkpoint_every=2)
+    for number in range(4):
+        log.append("request", n=number)
+    args = ["audit", "verify", str(tmp_path / "audit"), "--key", str(tmp_path / "audit.key")]
+    without = runner.invoke(app, args, env={"VAULT_ADDR": ""})
+    assert without.exit_code == 0
+    assert "checkpoints signed by openbao-transit:audit-checkpoints were not verified" in without.stderr
+    checked = runner.invoke(app, args, env=env)
+    assert checked.exit_code == 0, checked.output
+    assert "were not verified" not in checked.stderr
+    assert "✓ intact" in checked.stdout

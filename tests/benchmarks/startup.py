@@ -41,6 +41,7 @@ def run_make_up(clone: Path, caches: Path) -> dict[str, float]:
         **os.environ,
         "UV_CACHE_DIR": str(caches / "uv"),
         "SOVEREIGN_CACHE_DIR": str(caches / "sovereign"),
+        "SOVEREIGN_STATE_DIR": str(caches / "state"),
         "COLUMNS": "200",
     }
     started = time.monotonic()
@@ -55,8 +56,11 @@ def run_make_up(clone: Path, caches: Path) -> dict[str, float]:
     )
     assert process.stdout is not None
     timings: dict[str, float] = {}
+    api_key = ""
     try:
         for line in process.stdout:
+            if (key := re.search(r"OPENAI_API_KEY=(\S+)", line)) is not None:
+                api_key = key.group(1)
             if "uv pip install" in line:
                 timings["venv ready, install starts"] = time.monotonic() - started
             if (step := re.search(r"✓ (.+) \((\d+\.\d) s\)", line)) is not None:
@@ -68,8 +72,9 @@ def run_make_up(clone: Path, caches: Path) -> dict[str, float]:
         else:
             raise RuntimeError("make up ended before serving")
         timings["make up → serving"] = time.monotonic() - started
-        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).raise_for_status()
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        headers = {"Authorization": f"Bearer {api_key}"}
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers, timeout=30).raise_for_status()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0)
         client.chat.completions.create(
             model="axk1-tiny", messages=[{"role": "user", "content": "안녕하세요"}], max_tokens=16
         )
