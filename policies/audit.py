@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 GENESIS = "0" * 64
+logger = logging.getLogger(__name__)
 SEGMENT_PATTERN = "audit-*.jsonl"
 
 
@@ -99,18 +101,26 @@ class AuditLog:
         with self._locked():
             segment, seq, prev = self._tail()
             if segment.exists() and segment.stat().st_size >= self.max_segment_bytes:
-                prev, seq = self._write(segment, self._checkpoint(seq, prev)), seq + 1
+                if (checkpoint := self._checkpoint(seq, prev)) is not None:
+                    prev, seq = self._write(segment, checkpoint), seq + 1
                 segment = self._segment(int(segment.stem.split("-")[1]) + 1)
             record = {"seq": seq, "time": _now(), "kind": kind, **fields, "prev": prev}
             record["mac"] = self.key.mac("record", _canonical(record))
             prev = self._write(segment, record)
-            if (seq + 1) % self.checkpoint_every == 0:
-                self._write(segment, self._checkpoint(seq + 1, prev))
+            if (seq + 1) % self.checkpoint_every == 0 and (checkpoint := self._checkpoint(seq + 1, prev)) is not None:
+                self._write(segment, checkpoint)
             return record
 
-    def _checkpoint(self, seq: int, prev: str) -> dict[str, Any]:
+    def _checkpoint(self, seq: int, prev: str) -> dict[str, Any] | None:
+        """A signed checkpoint, or None when the signer is unavailable: the record is kept, the checkpoint
+        skipped, and the next one covers the chain so far."""
+        try:
+            signature = self._signer.sign(prev.encode())
+        except Exception as error:  # any signer (OpenBao transit) outage: never lose the record itself
+            logger.error("audit checkpoint %d not signed: %s", seq, error)
+            return None
         record = {"seq": seq, "time": _now(), "kind": "checkpoint", "signer": self._signer.name, "prev": prev}
-        record["signature"] = self._signer.sign(prev.encode())
+        record["signature"] = signature
         record["mac"] = self.key.mac("record", _canonical(record))
         return record
 

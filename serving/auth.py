@@ -13,6 +13,7 @@ must still see their real parameter types in the replica.
 """
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -35,9 +36,10 @@ from policies.access import (
     tenant_may_use_site,
 )
 from policies.model import Oidc
-from policies.openbao import AccessStore, KeyRecord, OpenBaoUnavailable
+from policies.openbao import AccessStore, KeyRecord, OpenBaoRefused, OpenBaoUnavailable
 from serving.errors import APIError
 
+logger = logging.getLogger("ray.serve")
 OPEN_PATHS = frozenset({"/healthz"})
 # After OpenBao failed to answer, wait this long before asking again, so an outage costs one timeout, not one each.
 _RETRY_OPENBAO_SECONDS = 1.0
@@ -99,7 +101,9 @@ class _CachedLookup(Generic[T]):
         if now >= self._down_until:
             try:
                 value = await asyncio.to_thread(load, name)
-            except OpenBaoUnavailable:
+            except (OpenBaoUnavailable, OpenBaoRefused) as error:
+                # Refused too (an expired gateway token, a policy change): fail closed, never open.
+                logger.error("OpenBao lookup of the %s failed: %s", what, error)
                 self._down_until = self._clock() + _RETRY_OPENBAO_SECONDS
             else:
                 self._entries[name] = _Verified(value, self._clock())

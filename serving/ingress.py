@@ -568,7 +568,8 @@ class OpenAIIngress:
 
     async def _capture(self, caller: Caller, route: str, texts: list[str]) -> None:
         """Keep the prompt for the tenant's debugging, encrypted under its derived transit key; never in clear."""
-        ciphertext = await asyncio.to_thread(self.cipher.encrypt, caller.tenant.name, json.dumps(texts))
+        with _StoreErrors("keeping the tenant's debug capture"):
+            ciphertext = await asyncio.to_thread(self.cipher.encrypt, caller.tenant.name, json.dumps(texts))
         record = {"time": time.time(), "route": route, "principal": caller.principal.subject, "ciphertext": ciphertext}
         await asyncio.to_thread(_append_line, self.captures_dir / f"{caller.tenant.name}.jsonl", json.dumps(record))
 

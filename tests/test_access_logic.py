@@ -9,7 +9,7 @@ import pytest
 
 from policies import Permission, ResidencyPolicy
 from policies.access import Roles, Tenant, new_api_key, parse_api_key, secret_matches, tenant_may_use_site
-from policies.openbao import OpenBaoUnavailable
+from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
 from serving.auth import AccessDenied, Lockout, TokenBucket, _CachedLookup, seconds_to_utc_midnight
 
 
@@ -124,3 +124,13 @@ def test_api_keys_parse_and_match_only_their_hash() -> None:
 
 def test_quota_resets_at_midnight_utc() -> None:
     assert seconds_to_utc_midnight(datetime(2026, 11, 23, 23, 59, 30, tzinfo=UTC)) == 30
+
+
+def test_a_refusing_openbao_fails_closed_too() -> None:
+    def refused(_: str) -> object:
+        raise OpenBaoRefused("permission denied")
+
+    cache = _CachedLookup(fresh=5, grace=300, clock=Clock())
+    with pytest.raises(AccessDenied) as caught:
+        run(cache, "key", refused)
+    assert caught.value.status == 503

@@ -206,3 +206,23 @@ def test_cli_verify(tmp_path: Path, key: LocalKey) -> None:
     )
     missing = runner.invoke(app, ["audit", "verify", str(tmp_path / "empty")])
     assert missing.exit_code == 2
+
+
+class UnreachableSigner:
+    name = "openbao-transit:audit-checkpoints"
+
+    def sign(self, data: bytes) -> str:
+        raise ConnectionError("OpenBao is unreachable")
+
+    def verify(self, data: bytes, signature: str) -> bool:
+        raise AssertionError("nothing was signed")
+
+
+def test_a_signer_outage_skips_the_checkpoint_but_keeps_every_record(tmp_path: Path, key: LocalKey) -> None:
+    log = AuditLog(tmp_path, key, UnreachableSigner(), checkpoint_every=2)
+    for number in range(5):
+        log.append("request", n=number)
+    records = [json.loads(line) for line in (tmp_path / "audit-000001.jsonl").read_text().splitlines()]
+    assert [record["n"] for record in records] == [0, 1, 2, 3, 4]
+    result = verify(tmp_path, key)
+    assert (result.intact, result.records, result.checkpoints) == (True, 5, 0)
