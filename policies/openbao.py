@@ -19,6 +19,8 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,26 +73,22 @@ def connect(address: str, token: str | None = None, timeout: float = 5.0) -> hva
     return client
 
 
-class _translated:
-    """Turn hvac's and requests' exceptions into the two this module promises, naming the operation."""
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    """Turn hvac's and requests' exceptions into the two this module promises, naming the operation.
 
-    def __init__(self, operation: str) -> None:
-        self._operation = operation
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, _: object) -> bool:
-        if error is None or isinstance(error, InvalidPath):
-            return False
-        if isinstance(error, requests.RequestException):
-            raise OpenBaoUnavailable(f"{self._operation}: OpenBao is unreachable ({type(error).__name__})") from None
-        if isinstance(error, (Forbidden, InvalidRequest)):
-            detail = "; ".join(getattr(error, "errors", None) or [str(error)])
-            raise OpenBaoRefused(f"{self._operation}: {detail}") from None
-        if isinstance(error, VaultError):
-            raise OpenBaoUnavailable(f"{self._operation}: OpenBao answered {error}") from None
-        return False
+    `InvalidPath` (nothing at that path) passes through: callers read it as "not found".
+    """
+    try:
+        yield
+    except InvalidPath:
+        raise
+    except requests.RequestException as error:
+        raise OpenBaoUnavailable(f"{operation}: OpenBao is unreachable ({type(error).__name__})") from None
+    except (Forbidden, InvalidRequest) as error:
+        raise OpenBaoRefused(f"{operation}: {'; '.join(error.errors or [str(error)])}") from None
+    except VaultError as error:
+        raise OpenBaoUnavailable(f"{operation}: OpenBao answered {error}") from None
 
 
 # --- the access store ------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -290,21 +291,15 @@ def _visible_tenant(gate: AccessGate, caller: Caller, tenant: str | None) -> str
     return tenant
 
 
-class _StoreErrors:
-    """OpenBao errors during key management become 503 (unreachable) or 400 (refused), never a 500."""
-
-    def __init__(self, action: str) -> None:
-        self._action = action
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, error: BaseException | None, _: object) -> bool:
-        if isinstance(error, OpenBaoUnavailable):
-            raise unavailable(f"{self._action}: OpenBao cannot be reached") from None
-        if isinstance(error, OpenBaoRefused):
-            raise APIError(400, f"{self._action}: {error}") from None
-        return False
+@contextmanager
+def _store_errors(action: str) -> Iterator[None]:
+    """OpenBao errors while serving a request become 503 (unreachable) or 400 (refused), never a 500."""
+    try:
+        yield
+    except OpenBaoUnavailable:
+        raise unavailable(f"{action}: OpenBao cannot be reached") from None
+    except OpenBaoRefused as error:
+        raise APIError(400, f"{action}: {error}") from None
 
 
 # Defined last: Serve's ingress wrapper captures the module's globals when it decorates the class.
@@ -441,7 +436,7 @@ class OpenAIIngress:
         tenant: TenantQuery = None,
     ) -> dict[str, Any]:
         visible = _visible_tenant(self.gate, caller, tenant)
-        with _StoreErrors("listing keys"):
+        with _store_errors("listing keys"):
             keys = await asyncio.to_thread(self.gate.store.keys, visible)
         return {"object": "list", "data": [key.public() for key in keys]}
 
@@ -451,7 +446,7 @@ class OpenAIIngress:
         if body.role not in self.gate.roles:
             known = ", ".join(self.gate.roles.names)
             raise APIError(400, f"Invalid value for `role`: `{body.role}` is not a role; known roles: {known}.", "role")
-        with _StoreErrors("creating a key"):
+        with _store_errors("creating a key"):
             if await asyncio.to_thread(self.gate.store.tenant, tenant) is None:
                 raise APIError(404, f"Tenant `{tenant}` does not exist.", "tenant", "tenant_not_found")
             record, token = await asyncio.to_thread(
@@ -462,7 +457,7 @@ class OpenAIIngress:
 
     @api.delete("/v1/keys/{key_id}")
     async def revoke_key(self, key_id: str, caller: KeyManager) -> dict[str, Any]:
-        with _StoreErrors("revoking a key"):
+        with _store_errors("revoking a key"):
             record = await asyncio.to_thread(self.gate.store.key, key_id)
             # Another tenant's key is reported as missing: its existence is not the caller's business.
             if record is None or not self.gate.roles.sees_tenant(caller.principal, record.tenant):
@@ -568,7 +563,7 @@ class OpenAIIngress:
 
     async def _capture(self, caller: Caller, route: str, texts: list[str]) -> None:
         """Keep the prompt for the tenant's debugging, encrypted under its derived transit key; never in clear."""
-        with _StoreErrors("keeping the tenant's debug capture"):
+        with _store_errors("keeping the tenant's debug capture"):
             ciphertext = await asyncio.to_thread(self.cipher.encrypt, caller.tenant.name, json.dumps(texts))
         record = {"time": time.time(), "route": route, "principal": caller.principal.subject, "ciphertext": ciphertext}
         await asyncio.to_thread(_append_line, self.captures_dir / f"{caller.tenant.name}.jsonl", json.dumps(record))
