@@ -11,6 +11,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from ipaddress import ip_address, ip_network
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -154,6 +155,32 @@ class Roles:
     def sees_tenant(self, principal: Principal, tenant: str) -> bool:
         """A principal sees its own tenant's usage, audit records and keys; the operator sees all."""
         return principal.tenant in (tenant, self.operator_tenant)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted_proxies: list[str]) -> str:
+    """The calling client's address: the peer, unless it is a trusted proxy that forwarded the request.
+
+    `X-Forwarded-For` is read from the right, skipping trusted proxies; the first other address is
+    the client. Anything an untrusted peer sends in the header is ignored, so it cannot be spoofed.
+    """
+    networks = [ip_network(cidr, strict=False) for cidr in trusted_proxies]
+
+    def trusted(address: str) -> bool:
+        try:
+            parsed = ip_address(address)
+        except ValueError:
+            return False
+        return any(parsed in network for network in networks)
+
+    if not forwarded_for or not trusted(peer):
+        return peer
+    for hop in reversed([hop.strip() for hop in forwarded_for.split(",")]):
+        if not trusted(hop):
+            try:
+                return str(ip_address(hop))
+            except ValueError:
+                return peer  # a malformed hop: fall back to the proxy rather than trust the text
+    return peer
 
 
 # --- API keys ----------------------------------------------------------------------------------

@@ -262,7 +262,19 @@ class Access(_Model):
         ge=0,
         description="While OpenBao is unreachable, keys verified within this time stay valid; then requests get 503.",
     )
+    usage_sync_seconds: float = Field(
+        10,
+        gt=0,
+        le=300,
+        description="How often each gateway replica shares its usage counts through OpenBao, so daily quotas hold "
+        "across replicas and restarts to within this time.",
+    )
     lockout: Lockout = Field(default_factory=Lockout, description="The response to repeated failed authentications.")
+    trusted_proxies: list[Network] = Field(
+        default_factory=list,
+        description="Load balancers and ingress proxies whose `X-Forwarded-For` names the real client; lockouts "
+        "count per client, never per proxy. Empty: the peer address is the client.",
+    )
     oidc: Oidc | None = Field(None, description="Accept OIDC bearer tokens from this identity provider too.")
 
 

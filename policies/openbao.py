@@ -173,6 +173,28 @@ class AccessStore:
                 )
         return record
 
+    def put_usage(self, tenant: str, day: str, replica: str, counts: dict[str, int]) -> None:
+        with _translated(f"recording usage of tenant `{tenant}`"):
+            self.client.secrets.kv.v2.create_or_update_secret(
+                f"usage/{tenant}/{day}/{replica}", counts, mount_point=self.mount
+            )
+
+    def usage_of_day(self, day: str) -> dict[tuple[str, str], dict[str, int]]:
+        """Every replica's counts for one UTC day, by (tenant, replica)."""
+        entries = {}
+        for tenant in self._list("usage"):
+            tenant = tenant.rstrip("/")
+            for replica in self._list(f"usage/{tenant}/{day}"):
+                counts = self._read(f"usage/{tenant}/{day}/{replica}", f"reading usage of tenant `{tenant}`")
+                if counts is not None:
+                    entries[(tenant, replica)] = counts
+        return entries
+
+    def renew_token(self) -> None:
+        """Renew the client's own token, so a long-running gateway never finds it expired."""
+        with _translated("renewing the token"):
+            self.client.auth.token.renew_self()
+
     def _read(self, path: str, operation: str) -> dict[str, Any] | None:
         try:
             with _translated(operation):
@@ -288,6 +310,9 @@ path "{kv}/data/tenants/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/tenants" {{ capabilities = ["list"] }}
 path "{kv}/data/keys/*" {{ capabilities = ["create", "read", "update"] }}
 path "{kv}/metadata/keys" {{ capabilities = ["list"] }}
+path "{kv}/data/usage/*" {{ capabilities = ["create", "read", "update"] }}
+path "{kv}/metadata/usage" {{ capabilities = ["list"] }}
+path "{kv}/metadata/usage/*" {{ capabilities = ["list"] }}
 path "{transit}/encrypt/{TENANT_DATA_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/sign/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from policies.access import (
     Principal,
     Roles,
     Tenant,
+    client_address,
     parse_api_key,
     secret_matches,
     tenant_may_use_site,
@@ -190,6 +192,55 @@ def _utc_day(now: datetime) -> str:
     return now.date().isoformat()
 
 
+class UsageMeter:
+    """Usage per tenant and UTC day: this replica's own counts plus the other replicas' last shared ones.
+
+    `sync` writes this replica's counts to OpenBao (`usage/<tenant>/<day>/<replica>`) and reads the
+    others', so quotas hold across replicas and restarts to within one sync interval.
+    """
+
+    def __init__(self, store: AccessStore) -> None:
+        self._store = store
+        self.replica = uuid.uuid4().hex[:12]
+        self._own: dict[tuple[str, str], Usage] = {}
+        self._others: dict[tuple[str, str], Usage] = {}
+        self._shared: dict[tuple[str, str], dict[str, int]] = {}
+
+    def own(self, tenant: str, day: str) -> Usage:
+        return self._own.setdefault((tenant, day), Usage())
+
+    def total(self, tenant: str, day: str) -> Usage:
+        own, others = self.own(tenant, day), self._others.get((tenant, day), Usage())
+        return Usage(
+            own.requests + others.requests,
+            own.prompt_tokens + others.prompt_tokens,
+            own.completion_tokens + others.completion_tokens,
+        )
+
+    def report(self, tenants: list[str] | None) -> list[dict[str, Any]]:
+        return [
+            {"tenant": tenant, "date": day, **self.total(tenant, day).as_dict()}
+            for tenant, day in sorted(self._own.keys() | self._others.keys())
+            if tenants is None or tenant in tenants
+        ]
+
+    def sync(self, day: str) -> None:
+        """Share this replica's changed counts and take in the others' for `day` (blocking: run it in a thread)."""
+        for (tenant, counted_day), usage in list(self._own.items()):
+            counts = usage.as_dict()
+            if self._shared.get((tenant, counted_day)) != counts:
+                self._store.put_usage(tenant, counted_day, self.replica, counts)
+                self._shared[(tenant, counted_day)] = counts
+        others: dict[tuple[str, str], Usage] = {}
+        for (tenant, replica), counts in self._store.usage_of_day(day).items():
+            if replica != self.replica:
+                total = others.setdefault((tenant, day), Usage())
+                total.requests += counts.get("requests", 0)
+                total.prompt_tokens += counts.get("prompt_tokens", 0)
+                total.completion_tokens += counts.get("completion_tokens", 0)
+        self._others = {key: usage for key, usage in self._others.items() if key[1] != day} | others
+
+
 def seconds_to_utc_midnight(now: datetime) -> float:
     tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return (tomorrow - now).total_seconds()
@@ -217,6 +268,7 @@ class AccessGate:
         self.roles = Roles(policy)
         self.site = site
         self.store = store
+        self.trusted_proxies = [str(network) for network in settings.trusted_proxies]
         self._on_event = on_event
         self._now = now
         self._keys: _CachedLookup[KeyRecord] = _CachedLookup(
@@ -230,7 +282,9 @@ class AccessGate:
         self._oidc = OidcVerifier(settings.oidc) if settings.oidc else None
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
-        self._usage: dict[tuple[str, str], Usage] = {}
+        self.meter = UsageMeter(store)
+        self._sync_seconds = settings.usage_sync_seconds
+        self._sharing: asyncio.Task[None] | None = None
 
     # -- authentication ---------------------------------------------------------------------------
 
@@ -321,8 +375,7 @@ class AccessGate:
                 retry_after=wait,
             )
         now = self._now()
-        usage = self.usage(tenant.name, now)
-        if usage.total_tokens >= tenant.tokens_per_day:
+        if self.meter.total(tenant.name, _utc_day(now)).total_tokens >= tenant.tokens_per_day:
             catalogue.ACCESS_REFUSALS.labels(tenant.name, "quota").inc()
             raise AccessDenied(
                 429,
@@ -331,24 +384,44 @@ class AccessGate:
                 "insufficient_quota",
                 retry_after=seconds_to_utc_midnight(now),
             )
-        usage.requests += 1
+        self.meter.own(tenant.name, _utc_day(now)).requests += 1
         catalogue.TENANT_REQUESTS.labels(tenant.name).inc()
 
     def record_tokens(self, tenant: str, prompt_tokens: int, completion_tokens: int) -> None:
-        usage = self.usage(tenant, self._now())
+        usage = self.meter.own(tenant, _utc_day(self._now()))
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
 
-    def usage(self, tenant: str, now: datetime) -> Usage:
-        return self._usage.setdefault((tenant, _utc_day(now)), Usage())
-
     def usage_report(self, tenants: list[str] | None) -> list[dict[str, Any]]:
-        """Usage per tenant and UTC day, for the tenants given (None: all)."""
-        return [
-            {"tenant": tenant, "date": day, **usage.as_dict()}
-            for (tenant, day), usage in sorted(self._usage.items())
-            if tenants is None or tenant in tenants
-        ]
+        """Usage per tenant and UTC day, for the tenants given (None: all), summed over replicas."""
+        return self.meter.report(tenants)
+
+    async def share_usage(self) -> None:
+        """Before the first request: take in what other replicas (and earlier runs) counted today; then keep
+        sharing every `usageSyncSeconds` and renew the OpenBao token about hourly, in the background."""
+        if self._sharing is not None:
+            return
+        self._sharing = asyncio.create_task(self._share_forever())
+        await self._sync_once()
+
+    async def _share_forever(self) -> None:
+        renewed = self._clock()
+        while True:
+            await asyncio.sleep(self._sync_seconds)
+            await self._sync_once()
+            if self._clock() - renewed >= 3600:
+                try:
+                    await asyncio.to_thread(self.store.renew_token)
+                    renewed = self._clock()
+                except (OpenBaoUnavailable, OpenBaoRefused) as error:
+                    logger.error("could not renew the gateway's OpenBao token: %s", error)
+
+    async def _sync_once(self) -> None:
+        try:
+            await asyncio.to_thread(self.meter.sync, _utc_day(self._now()))
+        except (OpenBaoUnavailable, OpenBaoRefused) as error:
+            # Counting goes on locally; the next sync shares it.
+            logger.error("could not share usage through OpenBao: %s", error)
 
 
 def _locked_out(what: str, seconds: float) -> AccessDenied:
@@ -424,8 +497,11 @@ class AccessMiddleware:
                 raise unavailable("the gateway has not finished starting")
             headers = dict(scope["headers"])
             authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-            source = scope["client"][0] if scope.get("client") else "unknown"
+            peer = scope["client"][0] if scope.get("client") else "unknown"
+            forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1") or None
+            source = client_address(peer, forwarded, gate.trusted_proxies) if forwarded else peer
             principal, tenant = await gate.authenticate(authorization, source)
+            await gate.share_usage()
         except AccessDenied as denial:
             await _send_error(denial, send)
             return

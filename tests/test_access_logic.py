@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from policies import Permission, ResidencyPolicy
-from policies.access import Roles, Tenant, new_api_key, parse_api_key, secret_matches, tenant_may_use_site
+from policies.access import (
+    Roles,
+    Tenant,
+    client_address,
+    new_api_key,
+    parse_api_key,
+    secret_matches,
+    tenant_may_use_site,
+)
 from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
 from serving.auth import AccessDenied, Lockout, TokenBucket, _CachedLookup, seconds_to_utc_midnight
 
@@ -134,3 +142,18 @@ def test_a_refusing_openbao_fails_closed_too() -> None:
     with pytest.raises(AccessDenied) as caught:
         run(cache, "key", refused)
     assert caught.value.status == 503
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        ("10.0.0.5", None, "10.0.0.5"),
+        ("10.0.0.5", "203.0.113.7", "203.0.113.7"),
+        ("10.0.0.5", "198.51.100.1, 203.0.113.7, 10.0.0.9", "203.0.113.7"),  # the leftmost hop is only what the client claims
+        ("192.0.2.44", "203.0.113.7", "192.0.2.44"),  # an untrusted peer cannot choose its address
+        ("10.0.0.5", "not-an-address", "10.0.0.5"),
+        ("10.0.0.5", "10.0.0.7, 10.0.0.8", "10.0.0.5"),
+    ],
+)
+def test_the_client_behind_trusted_proxies(peer: str, forwarded_for: str | None, client: str) -> None:
+    assert client_address(peer, forwarded_for, ["10.0.0.0/24"]) == client
