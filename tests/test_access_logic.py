@@ -149,7 +149,7 @@ def test_a_refusing_openbao_fails_closed_too() -> None:
     [
         ("10.0.0.5", None, "10.0.0.5"),
         ("10.0.0.5", "203.0.113.7", "203.0.113.7"),
-        ("10.0.0.5", "198.51.100.1, 203.0.113.7, 10.0.0.9", "203.0.113.7"),  # the leftmost hop is only what the client claims
+        ("10.0.0.5", "198.51.100.1, 203.0.113.7, 10.0.0.9", "203.0.113.7"),  # the leftmost hop: only a claim
         ("192.0.2.44", "203.0.113.7", "192.0.2.44"),  # an untrusted peer cannot choose its address
         ("10.0.0.5", "not-an-address", "10.0.0.5"),
         ("10.0.0.5", "10.0.0.7, 10.0.0.8", "10.0.0.5"),
