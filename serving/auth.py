@@ -45,6 +45,8 @@ logger = logging.getLogger("ray.serve")
 OPEN_PATHS = frozenset({"/healthz"})
 # After OpenBao failed to answer, wait this long before asking again, so an outage costs one timeout, not one each.
 _RETRY_OPENBAO_SECONDS = 1.0
+# Bounds on per-replica memory: random key ids or spoofed sources must not grow the caches without end.
+MAX_TRACKED = 100_000
 
 
 class AccessDenied(APIError):
@@ -108,7 +110,10 @@ class _CachedLookup(Generic[T]):
                 logger.error("OpenBao lookup of the %s failed: %s", what, error)
                 self._down_until = self._clock() + _RETRY_OPENBAO_SECONDS
             else:
+                self._entries.pop(name, None)  # re-insert, so the oldest verification is evicted first
                 self._entries[name] = _Verified(value, self._clock())
+                if len(self._entries) > MAX_TRACKED:
+                    del self._entries[next(iter(self._entries))]
                 return value
         # OpenBao is down. A negative answer (revoked, unknown) stays negative; a positive one ages out.
         if entry is not None and (entry.value is None or now - entry.verified_at < self._grace):
@@ -137,6 +142,8 @@ class Lockout:
     def fail(self, subject: str) -> bool:
         """Record a failure; True when it starts a lockout."""
         now = self._clock()
+        if subject not in self._subjects and len(self._subjects) >= MAX_TRACKED:
+            self._forget_quiet_subjects(now)
         failures = self._subjects.setdefault(subject, _Failures())
         failures.times.append(now)
         while failures.times and failures.times[0] <= now - self._window:
@@ -146,6 +153,16 @@ class Lockout:
             failures.times.clear()
             return True
         return False
+
+    def _forget_quiet_subjects(self, now: float) -> None:
+        """Drop subjects neither locked out nor failing within the window; if all are active, the oldest."""
+        quiet = [
+            subject
+            for subject, failures in self._subjects.items()
+            if failures.locked_until <= now and (not failures.times or failures.times[-1] <= now - self._window)
+        ]
+        for subject in quiet or [next(iter(self._subjects))]:
+            del self._subjects[subject]
 
 
 class TokenBucket:

@@ -18,6 +18,7 @@ from policies.access import (
     tenant_may_use_site,
 )
 from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
+from serving import auth
 from serving.auth import AccessDenied, Lockout, TokenBucket, _CachedLookup, seconds_to_utc_midnight
 
 
@@ -157,3 +158,22 @@ def test_a_refusing_openbao_fails_closed_too() -> None:
 )
 def test_the_client_behind_trusted_proxies(peer: str, forwarded_for: str | None, client: str) -> None:
     assert client_address(peer, forwarded_for, ["10.0.0.0/24"]) == client
+
+
+def test_lockout_and_key_cache_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "MAX_TRACKED", 3)
+    clock = Clock()
+    lockout = Lockout(max_failures=2, window=60, duration=300, clock=clock)
+    lockout.fail("source:a")
+    lockout.fail("source:a")  # locked out: kept
+    lockout.fail("source:b")
+    clock.now += 61
+    lockout.fail("source:c")
+    lockout.fail("source:d")  # over the bound: b, quiet for a minute, is forgotten
+    assert lockout.remaining("source:a") > 0
+    assert set(lockout._subjects) == {"source:a", "source:c", "source:d"}
+
+    cache = _CachedLookup(fresh=5, grace=300, clock=clock)
+    for name in "wxyz":
+        run(cache, name, lambda _: None)
+    assert list(cache._entries) == ["x", "y", "z"]
