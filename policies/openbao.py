@@ -190,6 +190,11 @@ class AccessStore:
                     entries[(tenant, replica)] = counts
         return entries
 
+    def revoke_token(self) -> None:
+        """Revoke the client's own token: a stopped gateway's token must not outlive it."""
+        with _translated("revoking the token"):
+            self.client.auth.token.revoke_self()
+
     def renew_token(self) -> None:
         """Renew the client's own token, so a long-running gateway never finds it expired."""
         with _translated("renewing the token"):

@@ -500,10 +500,10 @@ class OpenAIIngress:
         verdict, allowed = self.guard.inspect(texts)
         refusal = self._egress_refusal(verdict, relay)
         tenant_refusal = tenant_may_send(caller.tenant, verdict.data_classes)
-        if tenant_refusal.allowed or verdict.effect is Effect.DENY:
-            await self._audit(request, caller, texts, verdict, refusal, relay)
-        else:
-            await self._audit(request, caller, texts, verdict, tenant_refusal, relay)
+        # The policy's own block wins; otherwise the tenant's data classes come before the destination.
+        tenant_refused = not tenant_refusal.allowed and verdict.effect is not Effect.DENY
+        await self._audit(request, caller, texts, verdict, tenant_refusal if tenant_refused else refusal, relay)
+        if tenant_refused:
             catalogue.ACCESS_REFUSALS.labels(caller.tenant.name, "data_class").inc()
             raise AccessDenied(
                 403,
@@ -511,8 +511,6 @@ class OpenAIIngress:
                 "data_class_not_allowed",
                 param=param,
             )
-        if caller.tenant.debug_capture:
-            await self._capture(caller, request.url.path, allowed)
         if verdict.effect is Effect.DENY:
             raise APIError(
                 403,
@@ -536,6 +534,9 @@ class OpenAIIngress:
                 param,
                 "egress_denied",
             )
+        if caller.tenant.debug_capture:
+            # Only what is let through is kept: a refused request's identifiers are never stored, not even encrypted.
+            await self._capture(caller, request.url.path, allowed)
         return allowed
 
     def _egress_refusal(self, verdict: Verdict, relay: UpstreamRelay | None) -> Decision | None:

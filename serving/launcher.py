@@ -6,6 +6,7 @@ starts, so a mistake costs a second and a clear message rather than a half-start
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import logging
@@ -22,6 +23,8 @@ from policies.openbao import (
     GATEWAY_POLICY,
     AccessStore,
     BaoServer,
+    OpenBaoRefused,
+    OpenBaoUnavailable,
     TransitSigner,
     bootstrap,
     connect,
@@ -69,6 +72,10 @@ class AccessSetup:
     dev_key: str | None
 
     def stop(self) -> None:
+        """Revoke the gateway's token (it is issued anew at each start), then stop the embedded server."""
+        # Unreachable or already gone: the token then expires on its own.
+        with contextlib.suppress(OpenBaoUnavailable, OpenBaoRefused):
+            AccessStore(connect(self.access.vault_addr, self.access.vault_token.get_secret_value())).revoke_token()
         if self.server is not None:
             self.server.stop()
 

@@ -311,6 +311,9 @@ def test_captured_prompts_are_stored_encrypted_per_tenant(
     assert json.loads(operator.decrypt("debugging", ciphertext)) == [secret_text]
     with pytest.raises(OpenBaoRefused):
         operator.decrypt("acme", ciphertext)  # another tenant's derived key cannot open it
+    blocked = {**CHAT, "messages": [{"role": "user", "content": "주민번호 900101-1234568"}]}
+    assert call(stack, "POST", "/v1/chat/completions", key, blocked).status_code == 403
+    assert len((state_dir / "captures" / "debugging.jsonl").read_text().splitlines()) == 1, "refusals are not kept"
     gateway = TenantCipher(
         connect(stack.openbao.access.vault_addr, stack.openbao.access.vault_token.get_secret_value())
     )

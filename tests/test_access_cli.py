@@ -95,3 +95,15 @@ def test_audit_verify_checks_transit_signatures_with_vault_addr(tmp_path: Path, 
     assert checked.exit_code == 0, checked.output
     assert "were not verified" not in checked.stderr
     assert "✓ intact" in checked.stdout
+
+
+def test_a_stopped_stack_revokes_its_gateway_token(openbao: BaoServer) -> None:
+    from policies.openbao import GATEWAY_POLICY, OpenBaoRefused, connect, issue_token
+    from serving.config import AccessConfig
+    from serving.launcher import AccessSetup
+
+    token = issue_token(openbao.client(), GATEWAY_POLICY)
+    AccessStore(connect(openbao.address, token)).tenants()
+    AccessSetup(AccessConfig(vault_addr=openbao.address, vault_token=token), server=None, dev_key=None).stop()
+    with pytest.raises(OpenBaoRefused, match="permission denied"):
+        AccessStore(connect(openbao.address, token)).tenants()
