@@ -55,8 +55,9 @@ api = FastAPI(
 api.add_middleware(AccessMiddleware)
 
 # Each route declares the permission its caller needs; the endpoint-coverage test holds every route to it.
-ModelCaller = Annotated[Caller, requires(Permission.INFERENCE, admission="model")]
-SchemaReader = Annotated[Caller, requires(Permission.INFERENCE)]
+# Generation is admitted against the tenant's site, rate and quota; reading the model list and schema is not.
+GenerationCaller = Annotated[Caller, requires(Permission.INFERENCE, admission="model")]
+ModelReader = Annotated[Caller, requires(Permission.INFERENCE)]
 UsageReader = Annotated[Caller, requires(Permission.USAGE_READ)]
 AuditReader = Annotated[Caller, requires(Permission.AUDIT_READ)]
 KeyManager = Annotated[Caller, requires(Permission.KEYS_MANAGE)]
@@ -344,23 +345,23 @@ class OpenAIIngress:
         return {"status": "ok", "model": self.card.id, "site": self.site, "policy": self.policy_summary}
 
     @api.get("/openapi.json", include_in_schema=False)
-    async def openapi(self, caller: SchemaReader) -> dict[str, Any]:
+    async def openapi(self, caller: ModelReader) -> dict[str, Any]:
         return api.openapi()
 
     @api.get("/v1/models")
-    async def list_models(self, caller: ModelCaller) -> dict[str, Any]:
+    async def list_models(self, caller: ModelReader) -> dict[str, Any]:
         models = [self._model_object(), *map(self._upstream_object, self.relays)]
         allowed = [model for model in models if tenant_may_use_model(caller.tenant, model["id"]).allowed]
         return {"object": "list", "data": allowed}
 
     @api.get("/v1/models/{model_id:path}")
-    async def retrieve_model(self, model_id: str, caller: ModelCaller) -> dict[str, Any]:
+    async def retrieve_model(self, model_id: str, caller: ModelReader) -> dict[str, Any]:
         relay = self._route(model_id, caller, param=None)
         return self._upstream_object(model_id) if relay else self._model_object()
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        self, body: ChatCompletionRequest, request: Request, caller: ModelCaller
+        self, body: ChatCompletionRequest, request: Request, caller: GenerationCaller
     ) -> JSONResponse | StreamingResponse:
         relay = self._route(body.model, caller)
         texts = await self._guarded([message.text() for message in body.messages], "messages", request, caller, relay)
@@ -388,7 +389,7 @@ class OpenAIIngress:
 
     @api.post("/v1/completions", response_model=None)
     async def completions(
-        self, body: CompletionRequest, request: Request, caller: ModelCaller
+        self, body: CompletionRequest, request: Request, caller: GenerationCaller
     ) -> JSONResponse | StreamingResponse:
         relay = self._route(body.model, caller)
         if relay is not None:
