@@ -1,15 +1,160 @@
 """The metric catalogue: the one place metric names, types, labels and buckets are defined.
 
-Every metric lives in `REGISTRY`, not prometheus-client's global one, so a process exposes exactly
-the catalogue. Labels never carry prompt text, keys or personal data; `tenant` is the only identity.
+Naming follows Prometheus: the `sovereign_` prefix, base units (seconds, ratios), `_total` on
+counters (prometheus-client appends it). Labels never carry prompt text, keys or personal data;
+`tenant` is the only identity label.
+
+One scrape target for the embedded stack: when `SOVEREIGN_METRICS_DIR` is set (the launcher sets
+it before Ray starts, so every Serve replica inherits it), each process writes its samples to
+memory-mapped files in that directory (prometheus-client's multiprocess mode), and the gateway's
+`/metrics` merges the files of every process: counters and histograms are summed, gauges use the
+mode named on each (`livesum`, `livemax`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "sovereign"
+METRICS_DIR_ENV = "SOVEREIGN_METRICS_DIR"
+
+
+def _share_through_files() -> str | None:
+    """Switch this process to multiprocess values when the stack shares a metrics directory."""
+    directory = os.environ.get(METRICS_DIR_ENV)
+    if directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        values.ValueClass = values.MultiProcessValue()
+    return directory
+
+
+SHARED_DIR = _share_through_files()
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Think mode is a label, so one dashboard compares the two modes that share a deployment.
+MODES = ("think", "non_think")
+
+# --- gateway -------------------------------------------------------------------------------------
+
+GATEWAY_REQUESTS = Counter(
+    f"{PREFIX}_gateway_requests",
+    "HTTP requests answered by the gateway, by route template, status code and tenant (`none` before auth).",
+    ["route", "status", "tenant"],
+    registry=REGISTRY,
+)
+GATEWAY_LATENCY = Histogram(
+    f"{PREFIX}_gateway_request_duration_seconds",
+    "Time from request to the end of the response at the gateway, by route template.",
+    ["route"],
+    buckets=REQUEST_BUCKETS,
+    registry=REGISTRY,
+)
+
+# --- serving -------------------------------------------------------------------------------------
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    f"{PREFIX}_time_to_first_token_seconds",
+    "Time from a generation request reaching the model server to its first generated token, by mode.",
+    ["mode"],
+    buckets=REQUEST_BUCKETS,
+    registry=REGISTRY,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    f"{PREFIX}_inter_token_latency_seconds",
+    "Time between consecutive generated tokens of one request, by mode.",
+    ["mode"],
+    buckets=TOKEN_BUCKETS,
+    registry=REGISTRY,
+)
+GENERATION_LATENCY = Histogram(
+    f"{PREFIX}_generation_duration_seconds",
+    "End-to-end time of a generation in the model server, from request to last token, by mode.",
+    ["mode"],
+    buckets=REQUEST_BUCKETS,
+    registry=REGISTRY,
+)
+PROMPT_TOKENS = Counter(
+    f"{PREFIX}_prompt_tokens", "Prompt tokens processed (prefill), by mode.", ["mode"], registry=REGISTRY
+)
+GENERATION_TOKENS = Counter(
+    f"{PREFIX}_generation_tokens", "Tokens generated (decode), by mode.", ["mode"], registry=REGISTRY
+)
+REQUESTS_RUNNING = Gauge(
+    f"{PREFIX}_requests_running",
+    "Generations decoding now, summed over model-server replicas.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+REQUESTS_WAITING = Gauge(
+    f"{PREFIX}_requests_waiting",
+    "Generations accepted but not yet at their first token (queued for prefill), summed over replicas.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+KV_CACHE_USAGE = Gauge(
+    f"{PREFIX}_kv_cache_usage_ratio",
+    "Share of the KV cache capacity in use (tokens held / replica slots times context), highest replica.",
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+EXPERT_TOKENS = Counter(
+    f"{PREFIX}_expert_tokens",
+    "Tokens routed to each routed expert, by MoE layer and expert index.",
+    ["layer", "expert"],
+    registry=REGISTRY,
+)
+EXPERT_IMBALANCE = Gauge(
+    f"{PREFIX}_expert_imbalance_ratio",
+    "Max over mean tokens per expert in a MoE layer over the last generation window (1 is balanced).",
+    ["layer"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+EXPERT_SHARD_CALL_LATENCY = Histogram(
+    f"{PREFIX}_expert_shard_call_duration_seconds",
+    "Time of one batched call to an expert shard (its routed experts of one MoE layer), by shard.",
+    ["shard"],
+    buckets=TOKEN_BUCKETS,
+    registry=REGISTRY,
+)
+EXPERT_SHARD_ERRORS = Counter(
+    f"{PREFIX}_expert_shard_errors", "Failed calls to an expert shard, by shard.", ["shard"], registry=REGISTRY
+)
+EXPERT_SHARD_UP = Gauge(
+    f"{PREFIX}_expert_shard_up",
+    "1 while an expert shard holds its experts and answers; the series vanishes with its process.",
+    ["shard"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+
+# --- residency -----------------------------------------------------------------------------------
+
+PII_DETECTIONS = Counter(
+    f"{PREFIX}_pii_detections",
+    "Identifiers found in requests by the residency guard, by identifier type (never the values).",
+    ["type"],
+    registry=REGISTRY,
+)
+RESIDENCY_DECISIONS = Counter(
+    f"{PREFIX}_residency_decisions",
+    "Residency decisions on requests, by action (allow, redact, block) and the policy rule behind it.",
+    ["action", "rule"],
+    registry=REGISTRY,
+)
+EGRESS_BLOCKED = Counter(
+    f"{PREFIX}_egress_blocked",
+    "Requests refused because their data may not go where the model runs (egress or in-country-only rules).",
+    ["rule"],
+    registry=REGISTRY,
+)
+
+# --- access --------------------------------------------------------------------------------------
 
 AUTH_FAILURES = Counter(
     f"{PREFIX}_auth_failures",
@@ -41,3 +186,42 @@ TENANT_TOKENS = Counter(
     ["tenant", "direction"],
     registry=REGISTRY,
 )
+
+# --- registry ------------------------------------------------------------------------------------
+
+PROMOTION_GATES = ("in_country", "checksums", "datasets_scanned", "four_eyes")
+REGISTRY_PROMOTIONS = Counter(
+    f"{PREFIX}_registry_promotions",
+    "Model promotions in the registry, by result (allowed, refused) and the gate that refused (`none` if allowed).",
+    ["result", "gate"],
+    registry=REGISTRY,
+)
+
+
+def initialise_series() -> None:
+    """Create the label sets known up front at zero, so `rate()` and alerts see the first event as a change."""
+    for mode in MODES:
+        for metric in (PROMPT_TOKENS, GENERATION_TOKENS):
+            metric.labels(mode)
+    REGISTRY_PROMOTIONS.labels("allowed", "none")
+    for gate in PROMOTION_GATES:
+        REGISTRY_PROMOTIONS.labels("refused", gate)
+
+
+def exposition() -> bytes:
+    """The `/metrics` body: every process's samples when they share a directory, else this process's."""
+    if SHARED_DIR:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=SHARED_DIR)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def metric_names() -> dict[str, str]:
+    """Every sample name the catalogue can expose (with `_total`, `_bucket`, ...), mapped to its metric type."""
+    names: dict[str, str] = {}
+    for metric in REGISTRY.collect():
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+        for suffix in suffixes.get(metric.type, ("",)):
+            names[metric.name + suffix] = metric.type
+    return names

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -38,6 +38,7 @@ from serving.config import AccessConfig, Upstream
 from serving.errors import APIError
 from serving.generation import SamplingParams
 from serving.llm_server import GenerationJob
+from serving.metrics import GatewayMetricsMiddleware
 from serving.protocol import ChatCompletionRequest, CompletionRequest
 from serving.upstream import UpstreamRelay
 
@@ -53,6 +54,8 @@ api = FastAPI(
     redoc_url=None,
 )
 api.add_middleware(AccessMiddleware)
+# Added last, so outermost: it also counts what access control refuses.
+api.add_middleware(GatewayMetricsMiddleware)
 
 # Each route declares the permission its caller needs; the endpoint-coverage test holds every route to it.
 # Generation is admitted against the tenant's site, rate and quota; reading the model list and schema is not.
@@ -253,6 +256,14 @@ def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream])
     )
 
 
+def _count_decision(verdict: Verdict, decision: str, rule: str, egress_rule: str | None) -> None:
+    for pii_type, count in verdict.counts.items():
+        catalogue.PII_DETECTIONS.labels(pii_type).inc(count)
+    catalogue.RESIDENCY_DECISIONS.labels("block" if decision == Effect.DENY else decision, rule).inc()
+    if egress_rule is not None:
+        catalogue.EGRESS_BLOCKED.labels(egress_rule).inc()
+
+
 def _append_line(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as file:
@@ -331,6 +342,7 @@ class OpenAIIngress:
         self.cipher = TenantCipher(openbao)
         self.captures_dir = state_dir / "captures"
         self.gate = AccessGate(policy, AccessStore(openbao), site, self._security_event)
+        catalogue.initialise_series()
         # The middleware and route dependencies find the gate here: one ingress per replica process.
         api.state.access = self.gate
         self.relays = {upstream.name: UpstreamRelay(upstream, self.guard) for upstream in upstreams}
@@ -469,7 +481,7 @@ class OpenAIIngress:
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics(self, caller: MetricsReader) -> Response:
-        return Response(generate_latest(catalogue.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(await asyncio.to_thread(catalogue.exposition), media_type=CONTENT_TYPE_LATEST)
 
     async def _security_event(self, kind: str, fields: dict[str, Any]) -> None:
         if kind == "auth_failure":
@@ -503,7 +515,11 @@ class OpenAIIngress:
         tenant_refusal = tenant_may_send(caller.tenant, verdict.data_classes)
         # The policy's own block wins; otherwise the tenant's data classes come before the destination.
         tenant_refused = not tenant_refusal.allowed and verdict.effect is not Effect.DENY
-        await self._audit(request, caller, texts, verdict, tenant_refusal if tenant_refused else refusal, relay)
+        decision, rule = await self._audit(
+            request, caller, texts, verdict, tenant_refusal if tenant_refused else refusal, relay
+        )
+        egress_refused = refusal is not None and not tenant_refused and verdict.effect is not Effect.DENY
+        _count_decision(verdict, decision, rule, refusal.rule if egress_refused and refusal else None)
         if tenant_refused:
             catalogue.ACCESS_REFUSALS.labels(caller.tenant.name, "data_class").inc()
             raise AccessDenied(
@@ -583,7 +599,8 @@ class OpenAIIngress:
         verdict: Verdict,
         refusal: Decision | None,
         relay: UpstreamRelay | None,
-    ) -> None:
+    ) -> tuple[str, str]:
+        """Write the request's audit record; returns the decision and rule it records."""
         decision, rule = verdict.effect.value, verdict.rule
         if refusal is not None and verdict.effect is not Effect.DENY:
             decision, rule = Effect.DENY.value, refusal.rule
@@ -603,6 +620,7 @@ class OpenAIIngress:
             pii=verdict.counts,
             promptHmac=self.audit.prompt_hmac("\n".join(texts)),
         )
+        return decision, rule
 
     async def _guarded_prompts(
         self, body: CompletionRequest, request: Request, caller: Caller

@@ -11,11 +11,14 @@ import errno
 import getpass
 import logging
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from monitoring.catalogue import METRICS_DIR_ENV
 from policies import ResidencyPolicy
 from policies.access import Tenant
 from policies.audit import AuditLog, open_log
@@ -106,6 +109,7 @@ class RunningStack:
 
         if self.started_ray:
             ray.shutdown()
+            shutil.rmtree(metrics_dir(self.config.resolved_state_dir()), ignore_errors=True)
         else:
             serve.shutdown()
 
@@ -149,6 +153,8 @@ def start_stack(
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     started_ray = not ray.is_initialized()
     if started_ray:
+        # Every Ray process of this stack inherits it: the gateway's /metrics then merges all replicas.
+        os.environ[METRICS_DIR_ENV] = str(fresh_metrics_dir(config.resolved_state_dir()))
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     gateway = connect(openbao.access.vault_addr, openbao.access.vault_token.get_secret_value())
     audit = open_log(config.resolved_state_dir(), TransitSigner(gateway))
@@ -176,6 +182,18 @@ def start_stack(
         policySha256=policy.digest(),
     )
     return stack
+
+
+def metrics_dir(state_dir: Path) -> Path:
+    """This stack's multiprocess metrics directory: one per launcher process, so stacks never share one."""
+    return state_dir / "metrics" / str(os.getpid())
+
+
+def fresh_metrics_dir(state_dir: Path) -> Path:
+    directory = metrics_dir(state_dir)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
 
 
 def prepare_openbao(config: ServingConfig, policy: ResidencyPolicy) -> AccessSetup:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
+from monitoring import catalogue
 from serving.checkpoint import ModelCard
 from serving.errors import APIError
 from serving.generation import OutputStream, SamplingParams
@@ -37,15 +39,24 @@ class GenerationJob:
         return "messages" if self.messages is not None else "prompt"
 
 
-@serve.deployment(name="LLMServer", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+MAX_ONGOING_REQUESTS = 64
+
+
+@serve.deployment(name="LLMServer", max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class LLMServer:
     def __init__(self, card: ModelCard, dtype: str) -> None:
         from serving.engine import TorchEngine
+        from serving.metrics import ExpertLoad
 
         self.card = card
         self.engine: TorchEngine = TorchEngine(card.path, dtype)
+        self.expert_load = ExpertLoad(self.engine.model)
         self.running = 0
         self.cancelled_total = 0
+        # KV cache capacity: every request slot filled to the whole context.
+        self._kv_capacity = MAX_ONGOING_REQUESTS * self.engine.max_model_len
+        self._kv_tokens = 0
+        catalogue.initialise_series()
 
     def decode(self, token_ids: list[int]) -> str | None:
         """Text of a token-id prompt, so the gateway can inspect it; None when an id is out of range."""
@@ -58,6 +69,7 @@ class LLMServer:
         return {"running": self.running, "cancelled_total": self.cancelled_total}
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[dict[str, Any]]:
+        started = time.perf_counter()
         try:
             prompt_ids = self._prompt_ids(job)
             params = self._bounded(job, len(prompt_ids))
@@ -67,12 +79,26 @@ class LLMServer:
         engine = self.engine
         thinking = engine.starts_thinking(prompt_ids)
         yield {"event": "start", "prompt_tokens": len(prompt_ids), "thinking": thinking}
+        mode = "think" if thinking else "non_think"
+        catalogue.PROMPT_TOKENS.labels(mode).inc(len(prompt_ids))
         output = OutputStream(engine.tokenizer, params.stop, engine.think_end_id, thinking)
         tokens = engine.generate(prompt_ids, params)
         generated, finish_reason, ended = 0, "length", False
         self.running += 1
+        catalogue.REQUESTS_WAITING.inc()
+        self._hold_kv(len(prompt_ids))
+        last_token_at: float | None = None
         try:
-            while (token := await asyncio.to_thread(next, tokens, None)) is not None:
+            while (token := await self._next_token(tokens)) is not None:
+                now = time.perf_counter()
+                if last_token_at is None:
+                    catalogue.TIME_TO_FIRST_TOKEN.labels(mode).observe(now - started)
+                    catalogue.REQUESTS_WAITING.dec()
+                    catalogue.REQUESTS_RUNNING.inc()
+                else:
+                    catalogue.INTER_TOKEN_LATENCY.labels(mode).observe(now - last_token_at)
+                last_token_at = now
+                self._hold_kv(1)
                 generated += 1
                 if token in engine.eos_token_ids:
                     finish_reason = "stop"
@@ -98,6 +124,25 @@ class LLMServer:
             # generator); no further decode step runs once nobody pulls tokens.
             self.running -= 1
             self.cancelled_total += not ended
+            (catalogue.REQUESTS_WAITING if last_token_at is None else catalogue.REQUESTS_RUNNING).dec()
+            self._hold_kv(-(len(prompt_ids) + generated))
+            catalogue.GENERATION_TOKENS.labels(mode).inc(generated)
+            catalogue.GENERATION_LATENCY.labels(mode).observe(time.perf_counter() - started)
+            self.expert_load.flush()
+
+    async def _next_token(self, tokens: Iterator[int]) -> int | None:
+        try:
+            return await asyncio.to_thread(next, tokens, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The routed experts of this replica are its expert shard: a failed step is a failed shard call.
+            catalogue.EXPERT_SHARD_ERRORS.labels(self.expert_load.shard).inc()
+            raise
+
+    def _hold_kv(self, tokens: int) -> None:
+        self._kv_tokens += tokens
+        catalogue.KV_CACHE_USAGE.set(self._kv_tokens / self._kv_capacity)
 
     def _prompt_ids(self, job: GenerationJob) -> list[int]:
         engine = self.engine
