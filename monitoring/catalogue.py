@@ -14,6 +14,8 @@ mode named on each (`livesum`, `livemax`).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -198,11 +200,22 @@ REGISTRY_PROMOTIONS = Counter(
 )
 
 
-def initialise_series() -> None:
+AuthFailureReason = Literal["malformed_credential", "bad_key", "revoked_key", "bad_oidc_token"]
+AUTH_FAILURE_REASONS: tuple[str, ...] = get_args(AuthFailureReason)
+LOCKOUT_SCOPES = ("source", "key")
+
+
+def initialise_series(egress_rules: Sequence[str] = ()) -> None:
     """Create the label sets known up front at zero, so `rate()` and alerts see the first event as a change."""
     for mode in MODES:
         for metric in (PROMPT_TOKENS, GENERATION_TOKENS):
             metric.labels(mode)
+    for reason in AUTH_FAILURE_REASONS:
+        AUTH_FAILURES.labels(reason)
+    for scope in LOCKOUT_SCOPES:
+        AUTH_LOCKOUTS.labels(scope)
+    for rule in egress_rules:
+        EGRESS_BLOCKED.labels(rule)
     REGISTRY_PROMOTIONS.labels("allowed", "none")
     for gate in PROMOTION_GATES:
         REGISTRY_PROMOTIONS.labels("refused", gate)

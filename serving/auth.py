@@ -264,8 +264,6 @@ def seconds_to_utc_midnight(now: datetime) -> float:
 
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
-# A closed set, so it can be a metric label.
-FailureReason = Literal["malformed_credential", "bad_key", "revoked_key", "bad_oidc_token"]
 
 
 class AccessGate:
@@ -356,7 +354,7 @@ class AccessGate:
             )
         return self.roles.principal(tenant, f"oidc:{claims.get('sub', '?')}", role, "oidc")
 
-    async def _failed(self, source: str, key_id: str | None, reason: FailureReason) -> None:
+    async def _failed(self, source: str, key_id: str | None, reason: catalogue.AuthFailureReason) -> None:
         subjects = [f"source:{source}", *([f"key:{key_id}"] if key_id else [])]
         for subject in subjects:
             if self.lockout.fail(subject):

@@ -71,6 +71,7 @@ class ExpertLoad:
             experts.register_forward_hook(self._end_call)
         self._call_started = 0.0
         catalogue.EXPERT_SHARD_UP.labels(shard).set(1 if self._layers else 0)
+        catalogue.EXPERT_SHARD_ERRORS.labels(shard)
 
     @property
     def layers(self) -> list[tuple[str, int]]:

@@ -1,0 +1,94 @@
+"""A local Prometheus for the embedded stack: scraping the gateway's /metrics, with the alert rules loaded.
+
+Used by `sovereign up --prometheus` and by the end-to-end monitoring test, so both run the same
+configuration. Needs the `prometheus` binary (Debian: `apt-get install prometheus`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from monitoring.alerts import RULES_FILE
+
+
+class PrometheusUnavailable(RuntimeError):
+    """The binary is missing, or the server did not start."""
+
+
+@dataclass
+class PrometheusServer:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def write_config(directory: Path, target: str, api_key: str, scrape_interval: str = "15s") -> Path:
+    """A config scraping `target` (host:port) with a bearer key kept in a 0600 file beside it."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_file = directory / "gateway.key"
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(api_key)
+    config = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "rule_files": [str(RULES_FILE)],
+        "scrape_configs": [
+            {
+                "job_name": "sovereign-gateway",
+                "metrics_path": "/metrics",
+                "authorization": {"type": "Bearer", "credentials_file": str(key_file)},
+                "static_configs": [{"targets": [target]}],
+            }
+        ],
+    }
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start(config: Path, port: int, data_dir: Path, host: str = "127.0.0.1") -> PrometheusServer:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise PrometheusUnavailable("the `prometheus` binary is not installed; on Debian: apt-get install prometheus")
+    log_path = data_dir / "prometheus.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data_dir / 'tsdb'}",
+        f"--web.listen-address={host}:{port}",
+        "--web.enable-lifecycle",
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = PrometheusServer(process, f"http://{host}:{port}", log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PrometheusUnavailable(f"prometheus exited with code {process.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise PrometheusUnavailable(f"prometheus did not become ready within 30 s; see {log_path}")
