@@ -72,6 +72,12 @@ class ServingConfig(BaseModel):
         default_factory=list,
         description="OpenAI-compatible endpoints served through the gateway; egress to each is policy-checked.",
     )
+    prometheus_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also start a local Prometheus on this port, scraping the gateway with the alert rules loaded.",
+    )
     vault_addr: str | None = Field(
         None,
         description="An existing OpenBao or Vault (token from $VAULT_TOKEN or AppRole); unset starts an embedded one.",

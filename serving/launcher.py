@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hvac
+
+from monitoring import prometheus as local_prometheus
 from monitoring.catalogue import METRICS_DIR_ENV
+from monitoring.prometheus import PrometheusServer
 from policies import ResidencyPolicy
 from policies.access import Tenant
 from policies.audit import AuditLog, open_log
@@ -44,6 +48,7 @@ APP_NAME = "sovereign"
 # The embedded stack's own tenant, and the name of the key `sovereign up` prints (replaced at each start).
 LOCAL_TENANT = "local"
 DEV_KEY_NAME = "sovereign up"
+PROMETHEUS_KEY_NAME = "sovereign up prometheus"
 
 # Set before Ray starts so every Ray process inherits them.
 EMBEDDED_ENVIRONMENT = {
@@ -74,6 +79,10 @@ class AccessSetup:
     server: BaoServer | None
     dev_key: str | None
 
+    def operator_client(self) -> hvac.Client:
+        """The operator's client: the embedded server's root token, or $VAULT_TOKEN / AppRole for --vault-addr."""
+        return self.server.client() if self.server is not None else connect(self.access.vault_addr)
+
     def stop(self) -> None:
         """Revoke the gateway's token (it is issued anew at each start), then stop the embedded server."""
         # Unreachable or already gone: the token then expires on its own.
@@ -90,6 +99,7 @@ class RunningStack:
     started_ray: bool
     audit: AuditLog
     openbao: AccessSetup
+    prometheus: PrometheusServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -98,6 +108,8 @@ class RunningStack:
 
     def stop(self) -> None:
         """Stop the stack and record that in the audit log."""
+        if self.prometheus is not None:
+            self.prometheus.stop()
         self.shut_down()
         self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
         self.openbao.stop()
@@ -134,6 +146,9 @@ def start_stack(
     """Check, start Ray if needed, deploy the app and wait until it serves."""
     require_in_country_site(policy, config.site)
     check_port_free(config.host, config.port)
+    if config.prometheus_port is not None:
+        require_prometheus()
+        check_port_free(config.host, config.prometheus_port)
     step("Preparing the model checkpoint")
     card = resolve_model(config)
     step("Starting OpenBao" if config.vault_addr is None else f"Connecting to OpenBao at {config.vault_addr}")
@@ -181,7 +196,28 @@ def start_stack(
         policy=policy.metadata.name,
         policySha256=policy.digest(),
     )
+    if config.prometheus_port is not None:
+        step("Starting Prometheus")
+        try:
+            stack.prometheus = start_local_prometheus(stack, policy)
+        except BaseException:
+            stack.stop()
+            raise
     return stack
+
+
+def start_local_prometheus(stack: RunningStack, policy: ResidencyPolicy) -> PrometheusServer:
+    """Prometheus scraping this stack with a `monitoring` key of the operator tenant (replaced at each start)."""
+    assert stack.config.prometheus_port is not None
+    store = AccessStore(stack.openbao.operator_client())
+    operator_tenant = policy.spec.access.operator_tenant
+    if store.tenant(operator_tenant) is None:
+        save_tenant(store, policy, Tenant(name=operator_tenant, description="The platform operator."))
+    key = _replace_key(store, operator_tenant, "monitoring", PROMETHEUS_KEY_NAME)
+    directory = stack.config.resolved_state_dir() / "prometheus"
+    target = stack.base_url.removeprefix("http://")
+    config = local_prometheus.write_config(directory, target, key)
+    return local_prometheus.start(config, stack.config.prometheus_port, directory, stack.config.host)
 
 
 def metrics_dir(state_dir: Path) -> Path:
@@ -230,11 +266,22 @@ def _local_dev_key(store: AccessStore, policy: ResidencyPolicy) -> str:
     operator_tenant = policy.spec.access.operator_tenant
     if store.tenant(operator_tenant) is None:
         save_tenant(store, policy, Tenant(name=operator_tenant, description="The platform operator."))
-    for key in store.keys(LOCAL_TENANT):
-        if key.name == DEV_KEY_NAME and key.revoked is None:
+    return _replace_key(store, LOCAL_TENANT, "model-user", DEV_KEY_NAME)
+
+
+def _replace_key(store: AccessStore, tenant: str, role: str, name: str) -> str:
+    """A new key named `name`, revoking the one the previous start made."""
+    for key in store.keys(tenant):
+        if key.name == name and key.revoked is None:
             store.revoke_key(key.key_id)
-    _, token = store.create_key(LOCAL_TENANT, "model-user", DEV_KEY_NAME, created_by=f"sovereign-up:{_operator()}")
-    return token
+    return store.create_key(tenant, role, name, created_by=f"sovereign-up:{_operator()}")[1]
+
+
+def require_prometheus() -> None:
+    if shutil.which("prometheus") is None:
+        raise local_prometheus.PrometheusUnavailable(
+            "--prometheus needs the `prometheus` binary; install it (Debian: apt-get install prometheus)"
+        )
 
 
 def free_port(host: str) -> int:

@@ -126,6 +126,17 @@ def up(
             show_default=False,
         ),
     ] = None,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus/--no-prometheus",
+            help="Also start a local Prometheus (Debian package `prometheus`) scraping the stack, with the alert "
+            "rules of monitoring/rules loaded.",
+        ),
+    ] = False,
+    prometheus_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the local Prometheus, with --prometheus.")
+    ] = 9090,
 ) -> None:
     """Start the whole stack on this machine: OpenBao, Ray, Ray Serve and the OpenAI-compatible API.
 
@@ -158,6 +169,7 @@ def up(
             default_enable_thinking=think,
             upstreams=[Upstream.parse(text) for text in upstream or []],
             vault_addr=vault_addr,
+            prometheus_port=prometheus_port if prometheus else None,
         )
     except ValidationError as error:
         first = error.errors()[0]
@@ -170,12 +182,13 @@ def up(
     stack = _start(config, residency)
     _print_ready(stack, residency, time.monotonic() - started)
     _wait_for_interrupt()
-    with console.status("Shutting down Ray Serve, Ray and OpenBao"):
+    with console.status("Shutting down Prometheus, Ray Serve, Ray and OpenBao"):
         stack.stop()
     console.print("[green]Stopped.[/green]")
 
 
 def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
+    from monitoring.prometheus import PrometheusUnavailable
     from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
     from serving.app import ResidencyViolation
     from serving.checkpoint import CheckpointError
@@ -202,6 +215,8 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
         fail(str(error))
     except DeploymentFailed as error:
         fail(str(error), "the Ray Serve logs are under /tmp/ray/session_latest/logs/serve/")
+    except PrometheusUnavailable as error:
+        fail(str(error), "or start without --prometheus")
     except OpenBaoUnavailable as error:
         fail(str(error), "check --vault-addr, or leave it out to start an embedded OpenBao")
     except OpenBaoRefused as error:
@@ -222,6 +237,7 @@ def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float
         f"Models       {base_url}/v1/models",
         f"Health       {base_url}/healthz",
         f"OpenBao      {stack.openbao.access.vault_addr}",
+        *([f"Prometheus   {stack.prometheus.url}"] if stack.prometheus else []),
         f"Audit log    {escape(str(stack.audit.directory))}",
     ]
     console.print(Panel("\n".join(summary), title="sovereign-stack", expand=False), highlight=False)

@@ -138,6 +138,13 @@ def test_up_on_a_port_in_use() -> None:
     )
 
 
+def test_up_with_prometheus_needs_the_binary() -> None:
+    result = runner.invoke(app, ["up", "--prometheus"], env={"PATH": "/nonexistent"})
+    assert result.exit_code == 1
+    assert "--prometheus needs the `prometheus` binary" in result.stderr
+    assert "apt-get install prometheus" in result.stderr
+
+
 def test_up_with_a_bad_option_value() -> None:
     result = runner.invoke(app, ["up", "--dtype", "int3"])
     assert result.exit_code == 1

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -49,9 +50,19 @@ class Output:
 
 @pytest.fixture(scope="module")
 def running_up(allocate_port: Callable[[], int]) -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
-    port = allocate_port()
+    port, prometheus_port = allocate_port(), allocate_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "sovereign", "up", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "sovereign",
+            "up",
+            "--port",
+            str(port),
+            "--prometheus",
+            "--prometheus-port",
+            str(prometheus_port),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -84,6 +95,20 @@ def test_up_serves_and_prints_a_working_example(running_up: tuple[subprocess.Pop
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["reasoning"]
     assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["policy"]["name"] == "kr-default"
+
+
+def test_up_with_prometheus_scrapes_the_stack(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
+    _, output, port = running_up
+    prometheus = re.search(r"Prometheus   (http://127\.0\.0\.1:\d+)", "\n".join(output.lines))
+    assert prometheus, output.lines
+    deadline = time.monotonic() + 30  # Prometheus hands new targets to its scrapers every 5 s
+    while not (up := httpx.get(f"{prometheus.group(1)}/api/v1/query", params={"query": "up"}).json()["data"]["result"]):
+        assert time.monotonic() < deadline, "Prometheus never scraped the stack"
+        time.sleep(0.5)
+    assert up[0]["metric"]["instance"] == f"127.0.0.1:{port}"
+    assert up[0]["value"][1] == "1", "the scrape is authenticated with the monitoring key"
+    rules = httpx.get(f"{prometheus.group(1)}/api/v1/rules").json()["data"]["groups"]
+    assert {group["name"] for group in rules} == {"sovereign-slo-recording", "sovereign-alerts"}
 
 
 def test_ctrl_c_shuts_down_cleanly(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
