@@ -12,7 +12,8 @@ STAMP       := $(VENV)/.installed
 FIND_LINKS  ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_FLAGS    := $(foreach link,$(FIND_LINKS),--find-links $(link))
 # Debian packages the test suite drives for real; installed only when missing.
-SYSTEM_PACKAGES ?= prometheus  # prometheus and promtool: the alert-rule tests and the end-to-end dashboard test
+# prometheus (with promtool): the alert-rule unit tests and the end-to-end dashboard test.
+SYSTEM_PACKAGES ?= prometheus
 
 .PHONY: install up test lint system-deps bench clean
 
