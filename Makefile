@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev,bench]"
 	$(BIN)/python -m tests.benchmarks.guard
 	$(BIN)/python -m tests.benchmarks.auth
+	$(BIN)/python -m tests.benchmarks.metrics
 	$(BIN)/python -m tests.benchmarks.startup
 
 clean:

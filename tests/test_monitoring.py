@@ -131,3 +131,13 @@ def test_dashboards_have_datasource_and_tenant_variables() -> None:
     assert titles == {"Serving overview", "Experts", "Residency & security", "Registry & lifecycle"}
     experts = dashboards.dashboard_json(dashboards.EXPERTS)
     assert next(p for p in experts["panels"] if p["type"] == "heatmap")["repeat"] == "layer"
+
+
+def test_every_metric_and_alert_is_documented() -> None:
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    for family in families():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in text or family.name.startswith("sovereign_expert_"), (
+            f"{name} is not in docs/monitoring.md"
+        )
+    assert all(f"`{alert.name}`" in text for alert in alerts.ALERTS)
