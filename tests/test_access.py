@@ -63,19 +63,10 @@ def call(
 
 
 def app_routes() -> list[APIRoute]:
-    """Every route of the app, also those Serve's class-based view nests under included routers."""
     from serving.ingress import api
+    from serving.metrics import api_routes
 
-    def walk(routes: list[Any]) -> list[APIRoute]:
-        found = []
-        for route in routes:
-            if isinstance(route, APIRoute):
-                found.append(route)
-            elif (nested := getattr(route, "original_router", None) or route) and hasattr(nested, "routes"):
-                found += walk(nested.routes)
-        return found
-
-    return walk(api.routes)
+    return api_routes(api.routes)
 
 
 def test_every_route_is_covered_and_declares_a_permission() -> None:

@@ -52,6 +52,7 @@ def drive_traffic(stack: object, client: openai.OpenAI, make_key: Callable[..., 
     transport = httpx.HTTPTransport(local_address="127.0.5.1")
     with httpx.Client(base_url=stack.base_url, transport=transport) as session:
         assert session.get("/v1/models", headers={"Authorization": "Bearer sk-sov-wrong"}).status_code == 401
+        assert session.post("/v1/chat/completions", json={}).status_code == 401
         auditor = {"Authorization": f"Bearer {make_key('acme', 'auditor')}"}
         assert session.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers=auditor).status_code == 403
 
@@ -95,6 +96,8 @@ def test_prometheus_scrapes_every_replica_through_the_gateway(scraped: str) -> N
     assert query(scraped, 'sovereign_generation_tokens_total{mode="think"} > 0')
     assert query(scraped, "sum(sovereign_expert_tokens_total) > 0")
     assert query(scraped, 'sovereign_gateway_requests_total{route="/v1/chat/completions",status="403"}')
+    # Refused before routing, still counted under its route: an auth outage must burn the availability budget.
+    assert query(scraped, 'sovereign_gateway_requests_total{route="/v1/chat/completions",status="401",tenant="none"}')
     assert query(scraped, 'sovereign_residency_decisions_total{action="redact"} > 0')
     assert query(scraped, 'sovereign_pii_detections_total{type="KR_RRN"} > 0')
 
