@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import httpx
 import yaml
 
 from monitoring.alerts import RULES_FILE
+from policies.processes import stop_process
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -31,13 +31,7 @@ class PrometheusServer:
     log_path: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
 
 
 def write_config(directory: Path, target: str, api_key: str, scrape_interval: str = "15s") -> Path:

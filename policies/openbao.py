@@ -32,6 +32,7 @@ from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest, VaultError
 
 from policies.access import NewKey, Tenant, check_tenant, new_api_key
 from policies.model import ResidencyPolicy
+from policies.processes import stop_process
 
 KV_MOUNT = "sovereign"
 TRANSIT_MOUNT = "transit"
@@ -399,13 +400,7 @@ class BaoServer:
         return connect(self.address, token or self.root_token)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
 
 def bao_binary() -> str:
