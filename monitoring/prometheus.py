@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from monitoring.alerts import RULES_FILE
-from policies.processes import stop_process
+from policies.processes import stop_process, stop_stale
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -71,8 +71,11 @@ def start(config: Path, port: int, data_dir: Path, host: str = "127.0.0.1") -> P
         f"--web.listen-address={host}:{port}",
         "--web.enable-lifecycle",
     ]
+    pid_file = data_dir / "prometheus.pid"
+    stop_stale(pid_file, "prometheus")
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    pid_file.write_text(str(process.pid))
     server = PrometheusServer(process, f"http://{host}:{port}", log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

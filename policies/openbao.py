@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest, VaultError
 
 from policies.access import NewKey, Tenant, check_tenant, new_api_key
 from policies.model import ResidencyPolicy
-from policies.processes import stop_process
+from policies.processes import stop_process, stop_stale
 
 KV_MOUNT = "sovereign"
 TRANSIT_MOUNT = "transit"
@@ -445,7 +444,7 @@ def start_embedded_server(state_dir: Path, port: int, cluster_port: int) -> BaoS
     )
     init_file = state_dir / "init.json"
     pid_file = state_dir / "server.pid"
-    _stop_stale(pid_file)
+    stop_stale(pid_file, "bao")
     server = _spawn([bao_binary(), "server", f"-config={config}"], address, "", state_dir / "server.log")
     pid_file.write_text(str(server.pid))
     (state_dir / "address").write_text(address)
@@ -478,20 +477,6 @@ def operator_client(vault_addr: str | None, embedded_dir: Path) -> hvac.Client:
             "or start the stack with `sovereign up`"
         )
     return connect(address_file.read_text().strip(), json.loads(init_file.read_text())["root_token"])
-
-
-def _stop_stale(pid_file: Path) -> None:
-    """Stop a server left running by a stack that was killed: it still holds the storage lock."""
-    try:
-        pid = int(pid_file.read_text())
-        if Path(f"/proc/{pid}/exe").resolve().name != "bao":
-            return
-        os.kill(pid, signal.SIGTERM)
-    except (OSError, ValueError):
-        return
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _spawn(command: list[str], address: str, token: str, log_path: Path) -> BaoServer:

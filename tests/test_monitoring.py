@@ -141,3 +141,18 @@ def test_every_metric_and_alert_is_documented() -> None:
             f"{name} is not in docs/monitoring.md"
         )
     assert all(f"`{alert.name}`" in text for alert in alerts.ALERTS)
+
+
+def test_a_prometheus_left_by_a_killed_stack_is_stopped_at_the_next_start(tmp_path: Path) -> None:
+    from monitoring import prometheus
+    from tests.conftest import free_port
+
+    config = prometheus.write_config(tmp_path, "127.0.0.1:1", "sk-sov-unused", "15s")
+    first = prometheus.start(config, free_port(), tmp_path)
+    second = prometheus.start(config, free_port(), tmp_path)  # as after `kill -9` of `sovereign up`
+    try:
+        assert first.process.wait(timeout=10) == 0, "the stale server was shut down cleanly"
+        assert second.process.poll() is None
+    finally:
+        second.stop()
+        first.stop()
