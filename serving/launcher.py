@@ -126,7 +126,7 @@ class RunningStack:
             serve.shutdown()
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -135,7 +135,7 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise PortInUse(
-                    f"port {port} on {host} is already in use; stop what holds it or choose another with --port"
+                    f"port {port} on {host} is already in use; stop what holds it or choose another with {option}"
                 ) from None
             raise PortInUse(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
@@ -148,7 +148,7 @@ def start_stack(
     check_port_free(config.host, config.port)
     if config.prometheus_port is not None:
         require_prometheus()
-        check_port_free(config.host, config.prometheus_port)
+        check_port_free(config.host, config.prometheus_port, "--prometheus-port")
     step("Preparing the model checkpoint")
     card = resolve_model(config)
     step("Starting OpenBao" if config.vault_addr is None else f"Connecting to OpenBao at {config.vault_addr}")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from policies import default_policy_path, parse_policy
 from sovereign.cli import app
+from tests.conftest import free_port
 
 runner = CliRunner()
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")
@@ -135,6 +136,19 @@ def test_up_on_a_port_in_use() -> None:
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         f"error: port {port} on 127.0.0.1 is already in use; stop what holds it or choose another with --port"
+    )
+
+
+def test_up_with_prometheus_on_a_taken_port_names_the_option() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = runner.invoke(app, ["up", "--port", str(free_port()), "--prometheus", "--prometheus-port", str(port)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is already in use; stop what holds it or choose another with "
+        "--prometheus-port"
     )
 
 
