@@ -23,6 +23,12 @@ from policies.model import (
 from policies.pii import PiiType
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 443, "grpcs": 443}
+EGRESS_DEFAULT_RULE = "spec.egress.default"
+
+
+def in_country_rule(data_class: DataClass) -> str:
+    """The rule that keeps a data class inside the jurisdiction."""
+    return f"spec.dataClasses.{data_class.value}.inCountryOnly"
 
 
 class Effect(StrEnum):
@@ -101,6 +107,11 @@ class PolicyEvaluator:
     def jurisdiction(self) -> str:
         return self._spec.jurisdiction.code
 
+    def egress_rules(self) -> list[str]:
+        """Every rule that can refuse egress: the default deny and each in-country-only data class."""
+        classes = self._spec.data_classes
+        return [EGRESS_DEFAULT_RULE, *(in_country_rule(c) for c in DataClass if classes.rule_for(c).in_country_only)]
+
     def in_country_sites(self) -> list[Site]:
         return [site for site in self._spec.sites if site.country == self.jurisdiction]
 
@@ -127,13 +138,13 @@ class PolicyEvaluator:
         if destination is None:
             return Decision(
                 Effect.DENY,
-                "spec.egress.default",
+                EGRESS_DEFAULT_RULE,
                 f"`{endpoint}` is neither a site nor on the egress allowlist; egress is denied by default",
             )
         if class_rule.in_country_only and destination.country != self.jurisdiction:
             return Decision(
                 Effect.DENY,
-                f"{class_path}.inCountryOnly",
+                in_country_rule(data_class),
                 f"data class `{data_class.value}` must stay in {self.jurisdiction}, "
                 f"and {destination.label} is in {destination.country}",
             )

@@ -10,7 +10,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from policies.evaluation import Effect, PolicyEvaluator
+from policies.evaluation import Effect, PolicyEvaluator, in_country_rule
 from policies.model import DataClass, RuleAction
 from policies.pii import Finding, PiiType, detect, redact
 
@@ -50,9 +50,9 @@ class Guard:
         findings = [detect(text) for text in texts]
         found = [finding for per_text in findings for finding in per_text]
         classes = frozenset(spec.identifiers[finding.type] for finding in found)
-        in_country_rule = next(
+        staying_rule = next(
             (
-                f"spec.dataClasses.{data_class.value}.inCountryOnly"
+                in_country_rule(data_class)
                 for data_class in DataClass
                 if data_class in classes and spec.data_classes.rule_for(data_class).in_country_only
             ),
@@ -65,7 +65,7 @@ class Guard:
             rule = f"spec.dataClasses.{first.value}" if first else "spec.dataClasses"
             counted = deciding if effect is Effect.DENY else found
             counts = dict(sorted(Counter(finding.type.value for finding in counted).items()))
-            return Verdict(effect, rule, counts, classes, in_country_rule)
+            return Verdict(effect, rule, counts, classes, staying_rule)
 
         blocked = [f for f in found if self._action[f.type] is RuleAction.BLOCK]
         if blocked:

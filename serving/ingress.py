@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import catalogue
-from policies import DataClass, Permission, PolicyEvaluator, ResidencyPolicy
+from policies import Permission, PolicyEvaluator, ResidencyPolicy
 from policies.access import tenant_may_send, tenant_may_use_model
 from policies.audit import open_log, read_records
 from policies.evaluation import Decision, Effect
@@ -256,13 +256,6 @@ def _event_stream(chunks: AsyncIterator[dict[str, Any]], streams: list[_Stream])
     )
 
 
-def _egress_rules(policy: ResidencyPolicy) -> list[str]:
-    """Every rule that can refuse egress: the default deny and each in-country-only data class."""
-    classes = policy.spec.data_classes
-    in_country = [f"spec.dataClasses.{c.value}.inCountryOnly" for c in DataClass if classes.rule_for(c).in_country_only]
-    return ["spec.egress.default", *in_country]
-
-
 def _count_decision(verdict: Verdict, decision: str, rule: str, egress_rule: str | None) -> None:
     for pii_type, count in verdict.counts.items():
         catalogue.PII_DETECTIONS.labels(pii_type).inc(count)
@@ -349,7 +342,7 @@ class OpenAIIngress:
         self.cipher = TenantCipher(openbao)
         self.captures_dir = state_dir / "captures"
         self.gate = AccessGate(policy, AccessStore(openbao), site, self._security_event)
-        catalogue.initialise_series(_egress_rules(policy))
+        catalogue.initialise_series(self.evaluator.egress_rules())
         # The middleware and route dependencies find the gate here: one ingress per replica process.
         api.state.access = self.gate
         self.relays = {upstream.name: UpstreamRelay(upstream, self.guard) for upstream in upstreams}

@@ -222,3 +222,15 @@ def test_identifier_types_map_to_policy_data_classes(evaluator: PolicyEvaluator)
 def test_identifier_mapping_follows_the_document() -> None:
     text = DEFAULT_TEXT.replace("    EMAIL: personal", "    EMAIL: internal")
     assert PolicyEvaluator(parse_policy(text)).data_class_of("EMAIL") is DataClass.INTERNAL
+
+
+def test_egress_rules_name_every_rule_that_can_refuse_egress(evaluator: PolicyEvaluator) -> None:
+    assert evaluator.egress_rules() == [
+        "spec.egress.default",
+        "spec.dataClasses.internal.inCountryOnly",
+        "spec.dataClasses.personal.inCountryOnly",
+        "spec.dataClasses.unique-identifier.inCountryOnly",
+        "spec.dataClasses.sensitive.inCountryOnly",
+    ]
+    abroad = evaluator.may_send("personal", "https://llm.example.com/v1")
+    assert abroad.rule in evaluator.egress_rules()
