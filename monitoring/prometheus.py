@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import yaml
 
 from monitoring.alerts import RULES_FILE
-from policies.processes import stop_process, stop_stale
+from policies.processes import spawn, stop_process, stop_stale, wait_until_ready
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -63,7 +62,6 @@ def start(config: Path, port: int, data_dir: Path, host: str = "127.0.0.1") -> P
     if binary is None:
         raise PrometheusUnavailable("the `prometheus` binary is not installed; on Debian: apt-get install prometheus")
     log_path = data_dir / "prometheus.log"
-    data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         binary,
         f"--config.file={config}",
@@ -73,19 +71,16 @@ def start(config: Path, port: int, data_dir: Path, host: str = "127.0.0.1") -> P
     ]
     pid_file = data_dir / "prometheus.pid"
     stop_stale(pid_file, "prometheus")
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = spawn(command, log_path)
     pid_file.write_text(str(process.pid))
     server = PrometheusServer(process, f"http://{host}:{port}", log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PrometheusUnavailable(f"prometheus exited with code {process.returncode}; see {log_path}")
+
+    def ready() -> bool:
         try:
-            if httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200:
-                return server
+            return httpx.get(f"{server.url}/-/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop()
-    raise PrometheusUnavailable(f"prometheus did not become ready within 30 s; see {log_path}")
+            return False
+
+    if (problem := wait_until_ready(process, ready, "prometheus", log_path)) is not None:
+        raise PrometheusUnavailable(problem)
+    return server

@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest, VaultError
 
 from policies.access import NewKey, Tenant, check_tenant, new_api_key
 from policies.model import ResidencyPolicy
-from policies.processes import stop_process, stop_stale
+from policies.processes import spawn, stop_process, stop_stale, wait_until_ready
 
 KV_MOUNT = "sovereign"
 TRANSIT_MOUNT = "transit"
@@ -480,29 +479,21 @@ def operator_client(vault_addr: str | None, embedded_dir: Path) -> hvac.Client:
 
 
 def _spawn(command: list[str], address: str, token: str, log_path: Path) -> BaoServer:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return BaoServer(process, address, token, log_path)
+    return BaoServer(spawn(command, log_path), address, token, log_path)
 
 
-def _wait_ready(server: BaoServer, expect_sealed: bool, timeout: float = 30.0) -> None:
-    """Poll `sys/health` until the server answers as expected; name its log if it exits or hangs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise OpenBaoUnavailable(f"bao server exited with code {server.process.returncode}; see {server.log_path}")
+def _wait_ready(server: BaoServer, expect_sealed: bool) -> None:
+    """Wait until `sys/health` answers as expected: sealed (before init and unseal) or ready."""
+
+    def healthy() -> bool:
         try:
-            health = requests.get(f"{server.address}/v1/sys/health", timeout=1)
-            if health.status_code in (200, 501, 503) and (expect_sealed or health.status_code == 200):
-                return
+            status = requests.get(f"{server.address}/v1/sys/health", timeout=1).status_code
         except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise OpenBaoUnavailable(
-        f"bao server did not answer at {server.address} within {timeout:.0f} s; see {server.log_path}"
-    )
+            return False
+        return status == 200 or (expect_sealed and status in (501, 503))
+
+    if (problem := wait_until_ready(server.process, healthy, "bao server", server.log_path)) is not None:
+        raise OpenBaoUnavailable(problem)
 
 
 def write_policy_files(directory: Path) -> list[Path]:

@@ -6,7 +6,30 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server with its output appended to `log_path`, which error messages then name."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], name: str, log_path: Path, timeout: float = 30.0
+) -> str | None:
+    """Poll `ready` until it is true: None. Otherwise what went wrong, naming the log; a hung server is stopped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"{name} exited with code {process.returncode}; see {log_path}"
+        if ready():
+            return None
+        time.sleep(0.05)
+    stop_process(process, timeout=10)
+    return f"{name} did not become ready within {timeout:g} s; see {log_path}"
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -1,0 +1,34 @@
+"""Starting and waiting for the servers the stack owns: failures name the log and leave nothing running."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from policies.processes import spawn, wait_until_ready
+
+
+def test_a_server_that_exits_is_reported_with_its_code_and_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    process = spawn([sys.executable, "-c", "print('bad config'); raise SystemExit(3)"], log)
+    assert wait_until_ready(process, lambda: False, "demo server", log) == f"demo server exited with code 3; see {log}"
+    assert log.read_text() == "bad config\n"
+
+
+def test_a_server_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    process = spawn([sys.executable, "-c", "import time; time.sleep(60)"], log)
+    problem = wait_until_ready(process, lambda: False, "demo server", log, timeout=0.5)
+    assert problem == f"demo server did not become ready within 0.5 s; see {log}"
+    assert process.poll() is not None, "the hung server was stopped"
+
+
+def test_a_ready_server_is_left_running(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    process = spawn([sys.executable, "-c", "import time; time.sleep(60)"], log)
+    try:
+        assert wait_until_ready(process, lambda: True, "demo server", log) is None
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
