@@ -230,11 +230,13 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
+_SAMPLE_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+
+
 def metric_names() -> dict[str, str]:
     """Every sample name the catalogue can expose (with `_total`, `_bucket`, ...), mapped to its metric type."""
     names: dict[str, str] = {}
     for metric in REGISTRY.collect():
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
-        for suffix in suffixes.get(metric.type, ("",)):
+        for suffix in _SAMPLE_SUFFIXES.get(metric.type, ("",)):
             names[metric.name + suffix] = metric.type
     return names

@@ -406,6 +406,8 @@ class AccessGate:
         usage = self.meter.own(tenant, _utc_day(self._now()))
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
+        catalogue.TENANT_TOKENS.labels(tenant, "prompt").inc(prompt_tokens)
+        catalogue.TENANT_TOKENS.labels(tenant, "completion").inc(completion_tokens)
 
     def usage_report(self, tenants: list[str] | None) -> list[dict[str, Any]]:
         """Usage per tenant and UTC day, for the tenants given (None: all), summed over replicas."""

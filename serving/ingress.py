@@ -574,7 +574,9 @@ class OpenAIIngress:
         if not body.get("stream"):
             response = await relay.complete(path, body)
             usage = response.get("usage") or {}
-            self._meter(caller, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+            self.gate.record_tokens(
+                caller.tenant.name, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0
+            )
             return JSONResponse(response)
         chunks = await relay.stream(path, body)
         return StreamingResponse(_sse(chunks, lambda: None), media_type="text/event-stream")
@@ -585,11 +587,6 @@ class OpenAIIngress:
             ciphertext = await asyncio.to_thread(self.cipher.encrypt, caller.tenant.name, json.dumps(texts))
         record = {"time": time.time(), "route": route, "principal": caller.principal.subject, "ciphertext": ciphertext}
         await asyncio.to_thread(_append_line, self.captures_dir / f"{caller.tenant.name}.jsonl", json.dumps(record))
-
-    def _meter(self, caller: Caller, prompt_tokens: int, completion_tokens: int) -> None:
-        self.gate.record_tokens(caller.tenant.name, prompt_tokens, completion_tokens)
-        catalogue.TENANT_TOKENS.labels(caller.tenant.name, "prompt").inc(prompt_tokens)
-        catalogue.TENANT_TOKENS.labels(caller.tenant.name, "completion").inc(completion_tokens)
 
     async def _audit(
         self,
@@ -654,7 +651,7 @@ class OpenAIIngress:
 
     async def _chat_response(self, request_id: str, stream: _Stream, caller: Caller) -> dict[str, Any]:
         reasoning, content, end = await stream.collect()
-        self._meter(caller, stream.prompt_tokens, stream.completion_tokens)
+        self.gate.record_tokens(caller.tenant.name, stream.prompt_tokens, stream.completion_tokens)
         message: dict[str, Any] = {"role": "assistant", "content": content if end["answer_started"] else None}
         if stream.thinking:
             message["reasoning"] = reasoning
@@ -664,7 +661,7 @@ class OpenAIIngress:
     async def _completion_response(self, request_id: str, streams: list[_Stream], caller: Caller) -> dict[str, Any]:
         results = await asyncio.gather(*(stream.collect() for stream in streams))
         usage = _usage(streams)
-        self._meter(caller, usage["prompt_tokens"], usage["completion_tokens"])
+        self.gate.record_tokens(caller.tenant.name, usage["prompt_tokens"], usage["completion_tokens"])
         choices = [
             {"index": index, "text": reasoning + content, "finish_reason": end["finish_reason"], "logprobs": None}
             for index, (reasoning, content, end) in enumerate(results)
@@ -693,7 +690,7 @@ class OpenAIIngress:
                 yield {**envelope, "choices": [], "usage": _usage(streams)}
         finally:
             usage = _usage(streams)
-            self._meter(caller, usage["prompt_tokens"], usage["completion_tokens"])
+            self.gate.record_tokens(caller.tenant.name, usage["prompt_tokens"], usage["completion_tokens"])
 
     # -- models ----------------------------------------------------------------------------------
 

@@ -210,9 +210,7 @@ def start_local_prometheus(stack: RunningStack, policy: ResidencyPolicy) -> Prom
     """Prometheus scraping this stack with a `monitoring` key of the operator tenant (replaced at each start)."""
     assert stack.config.prometheus_port is not None
     store = AccessStore(stack.openbao.operator_client())
-    operator_tenant = policy.spec.access.operator_tenant
-    if store.tenant(operator_tenant) is None:
-        save_tenant(store, policy, Tenant(name=operator_tenant, description="The platform operator."))
+    operator_tenant = _ensure_operator_tenant(store, policy)
     key = _replace_key(store, operator_tenant, "monitoring", PROMETHEUS_KEY_NAME)
     directory = stack.config.resolved_state_dir() / "prometheus"
     target = stack.base_url.removeprefix("http://")
@@ -261,12 +259,21 @@ def prepare_openbao(config: ServingConfig, policy: ResidencyPolicy) -> AccessSet
 
 def _local_dev_key(store: AccessStore, policy: ResidencyPolicy) -> str:
     """The embedded stack's tenants and a new model-user key; the previous start's key is revoked."""
-    if store.tenant(LOCAL_TENANT) is None:
-        save_tenant(store, policy, Tenant(name=LOCAL_TENANT, description="The embedded stack's own tenant."))
-    operator_tenant = policy.spec.access.operator_tenant
-    if store.tenant(operator_tenant) is None:
-        save_tenant(store, policy, Tenant(name=operator_tenant, description="The platform operator."))
+    _ensure_tenant(store, policy, Tenant(name=LOCAL_TENANT, description="The embedded stack's own tenant."))
+    _ensure_operator_tenant(store, policy)
     return _replace_key(store, LOCAL_TENANT, "model-user", DEV_KEY_NAME)
+
+
+def _ensure_tenant(store: AccessStore, policy: ResidencyPolicy, tenant: Tenant) -> None:
+    """Create the tenant unless it exists; an operator's changes to an existing one are kept."""
+    if store.tenant(tenant.name) is None:
+        save_tenant(store, policy, tenant)
+
+
+def _ensure_operator_tenant(store: AccessStore, policy: ResidencyPolicy) -> str:
+    name = policy.spec.access.operator_tenant
+    _ensure_tenant(store, policy, Tenant(name=name, description="The platform operator."))
+    return name
 
 
 def _replace_key(store: AccessStore, tenant: str, role: str, name: str) -> str:
@@ -284,7 +291,8 @@ def require_prometheus() -> None:
         )
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, chosen by the kernel."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))

@@ -79,7 +79,6 @@ class ExpertLoad:
 
         self._torch = torch
         self.shard = shard
-        self._layers: list[tuple[str, int]] = []
         self._counts: dict[str, Any] = {}
         for name, module in model.named_modules():
             router, experts = getattr(module, "gate", None), getattr(module, "experts", None)
@@ -87,18 +86,13 @@ class ExpertLoad:
                 continue
             layer = name.split(".")[-2] if name.endswith(".mlp") else name
             count = int(router.weight.shape[0])  # one router row per routed expert
-            self._layers.append((layer, count))
             self._counts[layer] = torch.zeros(count, dtype=torch.long)
             router.register_forward_hook(self._router_hook(layer, count))
             experts.register_forward_pre_hook(self._start_call)
             experts.register_forward_hook(self._end_call)
         self._call_started = 0.0
-        catalogue.EXPERT_SHARD_UP.labels(shard).set(1 if self._layers else 0)
+        catalogue.EXPERT_SHARD_UP.labels(shard).set(1 if self._counts else 0)
         catalogue.EXPERT_SHARD_ERRORS.labels(shard)
-
-    @property
-    def layers(self) -> list[tuple[str, int]]:
-        return self._layers
 
     def _router_hook(self, layer: str, count: int) -> Any:
         def hook(_: Any, __: Any, output: Any) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -14,15 +15,17 @@ import pytest
 from policies import ResidencyPolicy, load_default_policy
 from policies.access import Tenant
 from policies.openbao import AccessStore, BaoServer, bootstrap, start_dev_server
+from serving.launcher import free_port
 
 # The tenant of the session's default API key.
 TENANT = "acme"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def all_records(state_dir: Path) -> list[dict[str, Any]]:
+    """Every record of the installation's audit log, oldest first."""
+    from policies.audit import read_records
+
+    return read_records(state_dir / "audit", tenant=None, limit=sys.maxsize)
 
 
 @pytest.fixture(scope="session")

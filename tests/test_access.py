@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -15,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from policies.access import Tenant
 from policies.openbao import AccessStore, BaoServer, OpenBaoRefused, TenantCipher, connect
+from tests.conftest import all_records
 
 MODEL = "axk1-tiny"
 HELLO = [{"role": "user", "content": "안녕하세요"}]
@@ -230,7 +230,7 @@ def test_repeated_failures_from_one_source_lock_it_out(
     assert locked.json()["error"]["code"] == "locked_out"
     assert 290 <= int(locked.headers["retry-after"]) <= 300
     assert call(stack, "GET", "/v1/models", api_key).status_code == 200, "other sources are not affected"
-    lockouts = [r for r in audit_lines(state_dir) if r.get("action") == "lockout"]
+    lockouts = [r for r in all_records(state_dir) if r.get("action") == "lockout"]
     assert any(record["subject"] == f"source:{source}" for record in lockouts)
     metrics = call(stack, "GET", "/metrics", make_key("platform", "monitoring")).text
     assert 'sovereign_auth_lockouts_total{scope="source"}' in metrics
@@ -245,14 +245,6 @@ def test_repeated_failures_against_one_key_lock_the_key(stack: object, make_key:
     locked = call(stack, "GET", "/v1/models", key, source="127.0.2.1")
     assert (locked.status_code, locked.json()["error"]["code"]) == (429, "locked_out")
     assert "this API key" in locked.json()["error"]["message"]
-
-
-def audit_lines(state_dir: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(line)
-        for segment in sorted((state_dir / "audit").glob("audit-*.jsonl"))
-        for line in segment.read_text().splitlines()
-    ]
 
 
 def test_revocation_takes_effect_within_the_key_cache_time(
@@ -276,7 +268,7 @@ def test_revoking_through_the_api_is_audited(stack: object, make_key: Callable[.
     assert call(stack, "GET", "/v1/models", created["key"]).status_code == 200
     revoked = call(stack, "DELETE", f"/v1/keys/{created['id']}", admin).json()
     assert revoked["revoked"]
-    actions = [(r.get("action"), r.get("keyId")) for r in audit_lines(state_dir) if r["kind"] == "admin"]
+    actions = [(r.get("action"), r.get("keyId")) for r in all_records(state_dir) if r["kind"] == "admin"]
     assert ("key.create", created["id"]) in actions
     assert ("key.revoke", created["id"]) in actions
     bad_role = call(stack, "POST", "/v1/keys", admin, {"role": "superuser"})

@@ -30,7 +30,7 @@ class Persistent:
 
     def __init__(self, directory: Path, port: int, cluster_port: int) -> None:
         self.directory, self.port, self.cluster_port = directory, port, cluster_port
-        self.server = self.start()
+        self.start()
 
     def start(self) -> BaoServer:
         self.server = start_embedded_server(self.directory, self.port, self.cluster_port)

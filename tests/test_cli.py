@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from policies import default_policy_path, parse_policy
+from serving.launcher import free_port
 from sovereign.cli import app
-from tests.conftest import free_port
 
 runner = CliRunner()
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
+from tests.conftest import all_records
 
 MODEL = "axk1-tiny"
 RRN = "900101-1234568"
@@ -82,21 +83,13 @@ def test_clean_requests_pass(http: httpx.Client) -> None:
     assert response.status_code == 200
 
 
-def audit_records(state_dir: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for segment in sorted((state_dir / "audit").glob("audit-*.jsonl"))
-        for line in segment.read_text().splitlines()
-    ]
-
-
 def test_every_decision_is_audited_without_raw_identifiers(client: openai.OpenAI, state_dir: Path) -> None:
     from policies.audit import LocalKey, open_log, verify
 
     with pytest.raises(openai.PermissionDeniedError):
         ask(client, f"주민번호 {RRN} 조회")
     ask(client, "연락처 010-1234-5678")
-    blocked, redacted = [r for r in audit_records(state_dir) if r["kind"] == "request"][-2:]
+    blocked, redacted = [r for r in all_records(state_dir) if r["kind"] == "request"][-2:]
     assert {k: blocked[k] for k in ("decision", "rule", "pii", "route", "model", "source", "tenant", "role")} == {
         "decision": "deny",
         "rule": "spec.dataClasses.unique-identifier",
@@ -118,7 +111,7 @@ def test_every_decision_is_audited_without_raw_identifiers(client: openai.OpenAI
 
 
 def test_stack_start_is_an_audited_admin_action(stack: object, state_dir: Path, default_policy: object) -> None:
-    starts = [r for r in audit_records(state_dir) if r.get("action") == "stack.start"]
+    starts = [r for r in all_records(state_dir) if r.get("action") == "stack.start"]
     assert starts
     assert starts[0]["policySha256"] == default_policy.digest()
     assert starts[0]["site"] == "local"

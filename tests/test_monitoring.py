@@ -145,7 +145,7 @@ def test_every_metric_and_alert_is_documented() -> None:
 
 def test_a_prometheus_left_by_a_killed_stack_is_stopped_at_the_next_start(tmp_path: Path) -> None:
     from monitoring import prometheus
-    from tests.conftest import free_port
+    from serving.launcher import free_port
 
     config = prometheus.write_config(tmp_path, "127.0.0.1:1", "sk-sov-unused", "15s")
     first = prometheus.start(config, free_port(), tmp_path)

@@ -28,8 +28,8 @@ from policies import Permission, load_default_policy
 from policies.access import Tenant
 from policies.openbao import AccessStore, bootstrap, start_dev_server
 from serving.auth import AccessGate, AccessMiddleware, Caller, requires
+from serving.launcher import free_port
 from tests.benchmarks.startup import machine
-from tests.conftest import free_port
 
 console = Console()
 
