@@ -13,7 +13,8 @@ FIND_LINKS  ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global
 UV_FLAGS    := $(foreach link,$(FIND_LINKS),--find-links $(link))
 # Debian packages the test suite drives for real; installed only when missing.
 # prometheus (with promtool): the alert-rule unit tests and the end-to-end dashboard test.
-SYSTEM_PACKAGES ?= prometheus
+# chromium and fonts-nanum (Korean glyphs): the registry UI test, driven by Playwright.
+SYSTEM_PACKAGES ?= prometheus chromium fonts-nanum
 
 .PHONY: install up test lint system-deps bench clean
 

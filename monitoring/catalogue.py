@@ -20,6 +20,8 @@ from typing import Literal, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from policies.registry import Gate
+
 PREFIX = "sovereign"
 METRICS_DIR_ENV = "SOVEREIGN_METRICS_DIR"
 
@@ -191,7 +193,7 @@ TENANT_TOKENS = Counter(
 
 # --- registry ------------------------------------------------------------------------------------
 
-PROMOTION_GATES = ("in_country", "checksums", "datasets_scanned", "four_eyes")
+PROMOTION_GATES = tuple(gate.value for gate in Gate)
 REGISTRY_PROMOTIONS = Counter(
     f"{PREFIX}_registry_promotions",
     "Model promotions in the registry, by result (allowed, refused) and the gate that refused (`none` if allowed).",

@@ -278,6 +278,36 @@ class Access(_Model):
     oidc: Oidc | None = Field(None, description="Accept OIDC bearer tokens from this identity provider too.")
 
 
+class ArtifactStore(_Model):
+    name: Name = Field(description="Unique store name, shown in registry tags and gate results.")
+    site: Name = Field(description="The site (from `sites`) where the store keeps its bytes.")
+    uri: str = Field(
+        min_length=1,
+        description="Artifact URI prefix the store answers for: `mlflow-artifacts:/` for the registry server's own "
+        "store, `s3://bucket/` for an S3-compatible one, `file:///path/` for a local directory.",
+    )
+    endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="S3-compatible endpoint URL (`MLFLOW_S3_ENDPOINT_URL`); must be allowed by `egress`.",
+    )
+    description: str = Field("", description="What the store is, for people reading the policy.")
+
+
+class Registry(_Model):
+    artifact_stores: list[ArtifactStore] = Field(
+        default_factory=list,
+        description="Where model artifacts may be stored. A model version may only be promoted when its artifacts "
+        "lie in one of these stores on an in-country site.",
+    )
+
+    @field_validator("artifact_stores")
+    @classmethod
+    def _store_names_unique(cls, stores: list[ArtifactStore]) -> list[ArtifactStore]:
+        _require_unique([store.name for store in stores], "artifact store name")
+        return stores
+
+
 class Audit(_Model):
     retention_days: int = Field(
         ge=1, description="Days audit records are kept; the Korean security-measures standard wants 730."
@@ -300,6 +330,9 @@ class PolicySpec(_Model):
     access: Access = Field(
         default_factory=Access, description="How callers are authenticated, and the response to failures."
     )
+    registry: Registry = Field(
+        default_factory=Registry, description="Where model artifacts may live, checked by the promotion gates."
+    )
 
     @field_validator("identifiers")
     @classmethod
@@ -314,6 +347,17 @@ class PolicySpec(_Model):
     def _site_names_unique(cls, sites: list[Site]) -> list[Site]:
         _require_unique([site.name for site in sites], "site name")
         return sites
+
+    @model_validator(mode="after")
+    def _stores_on_known_sites(self) -> PolicySpec:
+        known = {site.name for site in self.sites}
+        for index, store in enumerate(self.registry.artifact_stores):
+            if store.site not in known:
+                raise ValueError(
+                    f"registry.artifactStores[{index}] (`{store.name}`) names site `{store.site}`, which is not "
+                    f"one of `sites`: {', '.join(sorted(known))}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_site_in_country(self) -> PolicySpec:

@@ -3,7 +3,8 @@
 Layout, created by `bootstrap`:
 - KV v2 at `sovereign/`: `tenants/<name>` and `keys/<key id>` (a SHA-256 of the secret, never the key);
 - transit at `transit/`: `tenant-data` (AES-GCM, `derived=true`, context = tenant) encrypts kept prompt
-  text; `audit-checkpoints` (ed25519) signs the audit log's checkpoints. Keys never leave OpenBao;
+  text; `audit-checkpoints` (ed25519) signs the audit log's checkpoints; `registry-approvals` (ed25519)
+  signs model promotions, which serving verifies before it loads a version. Keys never leave OpenBao;
 - ACL policies with least privilege (`openbao_policies`): the gateway may read tenants and keys,
   create and revoke keys, encrypt and sign, but never decrypt.
 
@@ -28,7 +29,16 @@ import hvac
 import requests
 from hvac.exceptions import Forbidden, InvalidPath, InvalidRequest, VaultError
 
-from policies.access import NewKey, Tenant, check_tenant, new_api_key
+from policies.access import (
+    NewKey,
+    Principal,
+    Roles,
+    Tenant,
+    check_tenant,
+    new_api_key,
+    parse_api_key,
+    secret_matches,
+)
 from policies.model import ResidencyPolicy
 from policies.processes import spawn, stop_process, stop_stale, wait_until_ready
 
@@ -36,9 +46,11 @@ KV_MOUNT = "sovereign"
 TRANSIT_MOUNT = "transit"
 TENANT_DATA_KEY = "tenant-data"
 CHECKPOINT_KEY = "audit-checkpoints"
+APPROVAL_KEY = "registry-approvals"
 GATEWAY_POLICY = "sovereign-gateway"
 OPERATOR_POLICY = "sovereign-operator"
 AUDITOR_POLICY = "sovereign-auditor"
+REGISTRY_POLICY = "sovereign-registry"
 
 
 class OpenBaoUnavailable(RuntimeError):
@@ -247,12 +259,32 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+class KeyRejected(ValueError):
+    """An API key that does not name a live principal."""
+
+
+def authenticate_key(store: AccessStore, roles: Roles, api_key: str) -> tuple[Principal, KeyRecord]:
+    """The principal an API key acts as, for commands run outside the gateway (e.g. `sovereign registry`)."""
+    parsed = parse_api_key(api_key.strip())
+    if parsed is None:
+        raise KeyRejected("it is not a sovereign-stack key (`sk-sov-...`)")
+    key_id, secret = parsed
+    record = store.key(key_id)
+    if record is None or not secret_matches(secret, record.secret_hash):
+        raise KeyRejected(f"key `{key_id}` is unknown or its secret is wrong")
+    if record.revoked is not None:
+        raise KeyRejected(f"key `{key_id}` was revoked at {record.revoked}")
+    if store.tenant(record.tenant) is None:
+        raise KeyRejected(f"key `{key_id}` belongs to tenant `{record.tenant}`, which no longer exists")
+    return roles.principal(record.tenant, f"key:{key_id}", record.role, "api-key"), record
+
+
 # --- transit -------------------------------------------------------------------------------------
 
 
 @dataclass
 class TransitSigner:
-    """Signs audit checkpoints with an ed25519 key that never leaves OpenBao (the audit log's `Signer`)."""
+    """Signs with an ed25519 key that never leaves OpenBao: audit checkpoints, or registry records."""
 
     client: hvac.Client
     key: str = CHECKPOINT_KEY
@@ -320,12 +352,22 @@ path "{kv}/metadata/usage/*" {{ capabilities = ["list"] }}
 path "{transit}/encrypt/{TENANT_DATA_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/sign/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/verify/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
 """,
         AUDITOR_POLICY: f"""# Security officers: read tenants and key metadata, verify audit checkpoints.
 path "{kv}/data/tenants/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/tenants" {{ capabilities = ["list"] }}
 path "{kv}/data/keys/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/keys" {{ capabilities = ["list"] }}
+path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/verify/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
+""",
+        REGISTRY_POLICY: f"""# Model registry (`sovereign registry`): verify who registers and approves, sign records.
+path "{kv}/data/tenants/*" {{ capabilities = ["read"] }}
+path "{kv}/data/keys/*" {{ capabilities = ["read"] }}
+path "{transit}/sign/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/verify/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
+path "{transit}/sign/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
 """,
         OPERATOR_POLICY: f"""# Platform operators (`sovereign keys`, `sovereign tenants`): tenants, keys, captures.
@@ -350,8 +392,9 @@ def bootstrap(client: hvac.Client) -> None:
         existing = set(_transit_keys(client))
         if TENANT_DATA_KEY not in existing:
             client.secrets.transit.create_key(TENANT_DATA_KEY, derived=True, mount_point=TRANSIT_MOUNT)
-        if CHECKPOINT_KEY not in existing:
-            client.secrets.transit.create_key(CHECKPOINT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
+        for signing_key in (CHECKPOINT_KEY, APPROVAL_KEY):
+            if signing_key not in existing:
+                client.secrets.transit.create_key(signing_key, key_type="ed25519", mount_point=TRANSIT_MOUNT)
         for name, rules in openbao_policies().items():
             client.sys.create_or_update_acl_policy(name, rules)
 

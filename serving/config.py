@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from policies.state import default_state_dir
 
@@ -52,6 +52,11 @@ class ServingConfig(BaseModel):
     model_path: Path | None = Field(
         None, description="Local HF-format checkpoint directory; unset serves the tiny built-in A.X K1 model."
     )
+    model_uri: str | None = Field(
+        None,
+        pattern=r"^models:/[^/@]+@[^/@]+$",
+        description="A promoted registry version, `models:/NAME@ALIAS`; fetched and verified before it loads.",
+    )
     served_model_name: str | None = Field(
         None, description="Model id clients send; defaults to `axk1-tiny` or the checkpoint directory's name."
     )
@@ -78,6 +83,17 @@ class ServingConfig(BaseModel):
         le=65535,
         description="Also start a local Prometheus on this port, scraping the gateway with the alert rules loaded.",
     )
+    registry_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also start the embedded model registry (MLflow on SQLite) on this port; unset starts none.",
+    )
+    registry_uri: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="An existing MLflow registry server to fetch `model_uri` from, instead of the embedded one.",
+    )
     vault_addr: str | None = Field(
         None,
         description="An existing OpenBao or Vault (token from $VAULT_TOKEN or AppRole); unset starts an embedded one.",
@@ -86,6 +102,16 @@ class ServingConfig(BaseModel):
         None,
         description="Where the audit log and its key are kept; defaults to $SOVEREIGN_STATE_DIR or ~/.local/state.",
     )
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> ServingConfig:
+        if self.model_uri is not None and self.model_path is not None:
+            raise ValueError("model: give a checkpoint directory or a models:/NAME@ALIAS reference, not both")
+        if self.model_uri is not None and self.registry_uri is None and self.registry_port is None:
+            raise ValueError("model: a models:/ reference needs a registry (the embedded one, or registry_uri)")
+        if self.registry_uri is not None and self.registry_port is not None:
+            raise ValueError("registry_uri: use an existing registry or start the embedded one, not both")
+        return self
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or default_state_dir()

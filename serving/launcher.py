@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hvac
 
@@ -24,9 +24,10 @@ from monitoring import prometheus as local_prometheus
 from monitoring.catalogue import METRICS_DIR_ENV
 from monitoring.prometheus import PrometheusServer
 from policies import ResidencyPolicy
-from policies.access import Tenant
+from policies.access import Roles, Tenant
 from policies.audit import AuditLog, open_log
 from policies.openbao import (
+    APPROVAL_KEY,
     GATEWAY_POLICY,
     AccessStore,
     BaoServer,
@@ -39,10 +40,16 @@ from policies.openbao import (
     save_tenant,
     start_embedded_server,
 )
-from policies.state import embedded_openbao_dir
+from policies.state import embedded_openbao_dir, embedded_registry_dir, metrics_dir
+from serving import registry_server
 from serving.app import build_app, require_in_country_site, resolve_model
-from serving.checkpoint import ModelCard
+from serving.checkpoint import ModelCard, inspect_checkpoint
 from serving.config import AccessConfig, ServingConfig
+from serving.registry_server import RegistryServer
+from serving.tiny_model import TINY_MODEL_ID, default_cache_dir
+
+if TYPE_CHECKING:
+    from serving.registry import Registry
 
 APP_NAME = "sovereign"
 # The embedded stack's own tenant, and the name of the key `sovereign up` prints (replaced at each start).
@@ -100,6 +107,8 @@ class RunningStack:
     audit: AuditLog
     openbao: AccessSetup
     prometheus: PrometheusServer | None = None
+    registry: RegistryServer | None = None
+    registry_uri: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -110,8 +119,17 @@ class RunningStack:
         """Stop the stack and record that in the audit log."""
         if self.prometheus is not None:
             self.prometheus.stop()
+        if self.registry is not None:
+            self.registry.stop()
         self.shut_down()
         self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
+        self.openbao.stop()
+
+    def stop_services(self) -> None:
+        """Stop what a failed start had started: Ray (or Serve), the registry and OpenBao."""
+        self.shut_down()
+        if self.registry is not None:
+            self.registry.stop()
         self.openbao.stop()
 
     def shut_down(self) -> None:
@@ -121,7 +139,7 @@ class RunningStack:
 
         if self.started_ray:
             ray.shutdown()
-            shutil.rmtree(metrics_dir(self.config.resolved_state_dir()), ignore_errors=True)
+            shutil.rmtree(metrics_dir(self.config.resolved_state_dir(), os.getpid()), ignore_errors=True)
         else:
             serve.shutdown()
 
@@ -149,13 +167,28 @@ def start_stack(
     if config.prometheus_port is not None:
         require_prometheus()
         check_port_free(config.host, config.prometheus_port, "--prometheus-port")
-    step("Preparing the model checkpoint")
-    card = resolve_model(config)
+    if config.registry_port is not None:
+        check_port_free(config.host, config.registry_port, "--registry-port")
+    if config.model_uri is None:
+        step("Preparing the model checkpoint")
+        card = resolve_model(config)
+    # The registry takes seconds to start: it warms up while OpenBao and Ray do.
+    registry = _start_registry(config)
     step("Starting OpenBao" if config.vault_addr is None else f"Connecting to OpenBao at {config.vault_addr}")
-    openbao = prepare_openbao(config, policy)
     try:
+        openbao = prepare_openbao(config, policy)
+    except BaseException:
+        if registry is not None:
+            registry.stop()
+        raise
+    try:
+        if config.model_uri is not None:
+            step(f"Fetching {config.model_uri} and verifying its checksums")
+            card = checkout_from_registry(config, policy, openbao, registry)
         app = build_app(config, policy, card, openbao.access)
     except BaseException:
+        if registry is not None:
+            registry.stop()
         openbao.stop()
         raise
 
@@ -173,19 +206,18 @@ def start_stack(
         ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     gateway = connect(openbao.access.vault_addr, openbao.access.vault_token.get_secret_value())
     audit = open_log(config.resolved_state_dir(), TransitSigner(gateway))
-    stack = RunningStack(config, card, started_ray, audit, openbao)
+    registry_uri = config.registry_uri or (registry.address if registry else None)
+    stack = RunningStack(config, card, started_ray, audit, openbao, registry=registry, registry_uri=registry_uri)
     step("Deploying the model server and the OpenAI API on Ray Serve")
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except RuntimeError as error:
         cause = _deployment_failure(serve) or str(error)
-        stack.shut_down()
-        openbao.stop()
+        stack.stop_services()
         raise DeploymentFailed(cause) from None
     except BaseException:
-        stack.shut_down()
-        openbao.stop()
+        stack.stop_services()
         raise
     audit.append(
         "admin",
@@ -203,7 +235,63 @@ def start_stack(
         except BaseException:
             stack.stop()
             raise
+    if registry is not None:
+        step("Starting the model registry (MLflow)")
+        try:
+            registry.wait_ready()
+            if config.model_uri is None and config.model_path is None:
+                register_tiny_model(registry.address, policy, openbao, card)
+        except BaseException:
+            stack.stop()
+            raise
     return stack
+
+
+def _start_registry(config: ServingConfig) -> RegistryServer | None:
+    if config.registry_port is None:
+        return None
+    directory = embedded_registry_dir(config.resolved_state_dir())
+    return registry_server.start(directory, config.registry_port, config.host)
+
+
+def _registry_for(policy: ResidencyPolicy, openbao: AccessSetup, address: str) -> Registry:
+    from serving.registry import Registry
+
+    return Registry(address, policy, TransitSigner(openbao.operator_client(), key=APPROVAL_KEY))
+
+
+def checkout_from_registry(
+    config: ServingConfig, policy: ResidencyPolicy, openbao: AccessSetup, registry: RegistryServer | None
+) -> ModelCard:
+    """Resolve `models:/NAME@ALIAS`, check its approval, download it and verify every file before it loads."""
+    from serving.registry import ModelReference
+
+    assert config.model_uri is not None
+    if registry is not None:
+        registry.wait_ready()
+    address = config.registry_uri or (registry.address if registry else "")
+    reference = ModelReference.parse(config.model_uri)
+    checkout = _registry_for(policy, openbao, address).checkout(reference, config.cache_dir or default_cache_dir())
+    return inspect_checkpoint(checkout.path, config.served_model_name or reference.name)
+
+
+def register_tiny_model(address: str, policy: ResidencyPolicy, openbao: AccessSetup, card: ModelCard) -> None:
+    """On the first start, register the tiny model so the registry UI is never empty (never promoted)."""
+    from serving.registry import Registrant
+
+    registry = _registry_for(policy, openbao, address)
+    if TINY_MODEL_ID in registry.models():
+        return
+    roles = Roles(policy)
+    principal = roles.principal(policy.spec.access.operator_tenant, "sovereign-up", "model-admin", "api-key")
+    registry.register(
+        card.path,
+        TINY_MODEL_ID,
+        Registrant(principal, f"sovereign up, {_operator()}"),
+        datasets=[],
+        license_name="none: random weights from a fixed seed, for trying the stack",
+        description="The tiny A.X K1-architecture model `sovereign up` builds locally (random weights).",
+    )
 
 
 def start_local_prometheus(stack: RunningStack, policy: ResidencyPolicy) -> PrometheusServer:
@@ -218,13 +306,9 @@ def start_local_prometheus(stack: RunningStack, policy: ResidencyPolicy) -> Prom
     return local_prometheus.start(config, stack.config.prometheus_port, directory, stack.config.host)
 
 
-def metrics_dir(state_dir: Path) -> Path:
-    """This stack's multiprocess metrics directory: one per launcher process, so stacks never share one."""
-    return state_dir / "metrics" / str(os.getpid())
-
-
 def fresh_metrics_dir(state_dir: Path) -> Path:
-    directory = metrics_dir(state_dir)
+    """This stack's multiprocess metrics directory: one per launcher process, so stacks never share one."""
+    directory = metrics_dir(state_dir, os.getpid())
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     return directory

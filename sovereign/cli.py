@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 from sovereign.access_cli import keys_app, openbao_app, tenants_app
 from sovereign.output import EXIT_FAILED, EXIT_USAGE, PolicyFile, console, errors, fail, load_policy_option
+from sovereign.registry_cli import registry_app
 
 app = typer.Typer(
     name="sovereign",
@@ -56,6 +57,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(openbao_app, name="openbao")
+app.add_typer(registry_app, name="registry")
 
 
 def _print_version(requested: bool) -> None:
@@ -78,15 +80,17 @@ def main(
         "Examples:\n\n"
         "  [bold]sovereign up[/bold]  serve the tiny built-in A.X K1 model on http://127.0.0.1:8000\n\n"
         "  [bold]sovereign up --model /data/A.X-K1 --port 9000[/bold]  serve a local HF checkpoint\n\n"
+        "  [bold]sovereign up --model models:/axk1@production[/bold]  serve the version promoted in the registry\n\n"
         "  [bold]sovereign up --policy my-policy.yaml --site kr-seoul-1[/bold]  run as a policy site\n\n"
         "  [bold]sovereign up --upstream kanana=https://llm.sovereign.kr/v1[/bold]  also relay an in-country model"
     )
 )
 def up(
     model: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Local HF-format checkpoint directory (config.json, *.safetensors, tokenizer.json). "
+            help="Local HF-format checkpoint directory (config.json, *.safetensors, tokenizer.json), or "
+            "models:/NAME@ALIAS for a version promoted in the registry (checked and verified before it loads). "
             "Without it, a tiny A.X K1-architecture model is built locally.",
             show_default=False,
         ),
@@ -137,8 +141,27 @@ def up(
     prometheus_port: Annotated[
         int, typer.Option(min=1, max=65535, help="Port of the local Prometheus, with --prometheus.")
     ] = 9090,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            "--registry/--no-registry",
+            help="Start the embedded model registry (MLflow on SQLite, UI on --registry-port); the first start "
+            "registers the tiny model.",
+        ),
+    ] = True,
+    registry_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the embedded registry and its UI.")
+    ] = 5000,
+    registry_uri: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_TRACKING_URI",
+            help="Use this MLflow registry server instead of starting the embedded one.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start the whole stack on this machine: OpenBao, Ray, Ray Serve and the OpenAI-compatible API.
+    """Start the whole stack on this machine: OpenBao, the model registry, Ray, Ray Serve and the OpenAI API.
 
     The residency policy is loaded first and the serving site is checked against it. Without
     --vault-addr an embedded OpenBao keeps tenants, key hashes and transit keys under the state
@@ -159,8 +182,12 @@ def up(
     from serving.config import Upstream
 
     try:
+        from_registry = model is not None and model.startswith("models:/")
         config = ServingConfig(
-            model_path=model,
+            model_path=None if from_registry or model is None else Path(model),
+            model_uri=model if from_registry else None,
+            registry_port=registry_port if registry and registry_uri is None else None,
+            registry_uri=registry_uri,
             served_model_name=served_model_name,
             site=site,
             host=host,
@@ -174,15 +201,16 @@ def up(
     except ValidationError as error:
         first = error.errors()[0]
         # An upstream's own fields (name, url, model) are all given through --upstream.
-        field = "upstream" if str(first["loc"][0]) in Upstream.model_fields else str(first["loc"][0])
-        fail(f"--{field.replace('_', '-')}: {first['msg']}")
+        location = str(first["loc"][0]) if first["loc"] else "model"
+        field = "upstream" if location in Upstream.model_fields else location.removesuffix("_uri").removesuffix("_path")
+        fail(f"--{field.replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}")
     except ValueError as error:
         fail(f"--upstream: {error}")
 
     stack = _start(config, residency)
     _print_ready(stack, residency, time.monotonic() - started)
     _wait_for_interrupt()
-    with console.status("Shutting down Prometheus, Ray Serve, Ray and OpenBao"):
+    with console.status("Shutting down Prometheus, the registry, Ray Serve, Ray and OpenBao"):
         stack.stop()
     console.print("[green]Stopped.[/green]")
 
@@ -193,6 +221,8 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
     from serving.app import ResidencyViolation
     from serving.checkpoint import CheckpointError
     from serving.launcher import DeploymentFailed, PortInUse, start_stack
+    from serving.registry import RegistryUnavailable, ServingRefused
+    from serving.registry_server import RegistryServerFailed
 
     last: list[tuple[str, float]] = []
 
@@ -217,6 +247,12 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
         fail(str(error), "the Ray Serve logs are under /tmp/ray/session_latest/logs/serve/")
     except PrometheusUnavailable as error:
         fail(str(error), "or start without --prometheus")
+    except ServingRefused as error:
+        fail(str(error), "only versions promoted with `sovereign registry promote` are served")
+    except RegistryUnavailable as error:
+        fail(str(error), "check --registry-uri, or leave it out to use the embedded registry")
+    except RegistryServerFailed as error:
+        fail(str(error), "or start without it: --no-registry")
     except OpenBaoUnavailable as error:
         fail(str(error), "check --vault-addr, or leave it out to start an embedded OpenBao")
     except OpenBaoRefused as error:
@@ -237,6 +273,7 @@ def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float
         f"Models       {base_url}/v1/models",
         f"Health       {base_url}/healthz",
         f"OpenBao      {stack.openbao.access.vault_addr}",
+        *([f"Registry UI  {stack.registry_uri}"] if stack.registry_uri else []),
         *([f"Prometheus   {stack.prometheus.url}"] if stack.prometheus else []),
         f"Audit log    {escape(str(stack.audit.directory))}",
     ]

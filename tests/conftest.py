@@ -119,3 +119,14 @@ def client(stack: object, api_key: str) -> openai.OpenAI:
 def http(stack: object, api_key: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.base_url, timeout=60, headers={"Authorization": f"Bearer {api_key}"}) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real MLflow server on SQLite with a local proxied artifact store, on a random loopback port."""
+    from serving import registry_server as server_module
+
+    server = server_module.start(tmp_path_factory.mktemp("mlflow"), free_port())
+    server.wait_ready()
+    yield server
+    server.stop()
