@@ -234,9 +234,16 @@ class VersionFacts:
 
 
 def artifact_store_for(policy: ResidencyPolicy, uri: str) -> ArtifactStore | None:
-    """The policy's artifact store whose URI prefix is the longest match for `uri`."""
-    matches = [store for store in policy.spec.registry.artifact_stores if uri.startswith(store.uri)]
+    """The policy's artifact store whose URI prefix is the longest match for `uri`, by whole path segments."""
+    matches = [store for store in policy.spec.registry.artifact_stores if _under(uri, store.uri)]
     return max(matches, key=lambda store: len(store.uri), default=None)
+
+
+def _under(uri: str, prefix: str) -> bool:
+    """`s3://models/x` is under `s3://models` and `s3://models/`; `s3://models-eu/x` is under neither."""
+    if prefix.endswith(("/", ":")):
+        return uri.startswith(prefix)
+    return uri == prefix or uri.startswith(prefix + "/")
 
 
 def check_store(policy: ResidencyPolicy, store: ArtifactStore) -> str | None:

@@ -110,7 +110,7 @@ class ServingConfig(BaseModel):
         if self.model_uri is not None and self.registry_uri is None and self.registry_port is None:
             raise ValueError("model: a models:/ reference needs a registry (the embedded one, or registry_uri)")
         if self.registry_uri is not None and self.registry_port is not None:
-            raise ValueError("registry_uri: use an existing registry or start the embedded one, not both")
+            raise ValueError("registry-uri: use an existing registry or start the embedded one, not both")
         return self
 
     def resolved_state_dir(self) -> Path:

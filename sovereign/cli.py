@@ -183,6 +183,14 @@ def up(
 
     try:
         from_registry = model is not None and model.startswith("models:/")
+        if from_registry:
+            from policies.registry import RegistryError
+            from serving.registry import ModelReference
+
+            try:
+                ModelReference.parse(str(model))
+            except RegistryError as error:
+                fail(f"--model: {error}", exit_code=EXIT_USAGE)
         config = ServingConfig(
             model_path=None if from_registry or model is None else Path(model),
             model_uri=model if from_registry else None,
@@ -201,9 +209,11 @@ def up(
     except ValidationError as error:
         first = error.errors()[0]
         # An upstream's own fields (name, url, model) are all given through --upstream.
-        location = str(first["loc"][0]) if first["loc"] else "model"
+        if not first["loc"]:  # a rule across options; its message starts with the option's name
+            fail("--" + first["msg"].removeprefix("Value error, "))
+        location = str(first["loc"][0])
         field = "upstream" if location in Upstream.model_fields else location.removesuffix("_uri").removesuffix("_path")
-        fail(f"--{field.replace('_', '-')}: {first['msg'].removeprefix('Value error, ')}")
+        fail(f"--{field.replace('_', '-')}: {first['msg']}")
     except ValueError as error:
         fail(f"--upstream: {error}")
 

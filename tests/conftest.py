@@ -130,3 +130,53 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object
     server.wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def signer(openbao: BaoServer) -> object:
+    """Signs and verifies registry records with OpenBao's `registry-approvals` transit key."""
+    from policies.openbao import APPROVAL_KEY, TransitSigner
+
+    return TransitSigner(openbao.client(), key=APPROVAL_KEY)
+
+
+@pytest.fixture(scope="session")
+def audit(state_dir: Path, signer: object) -> object:
+    from policies.audit import open_log
+
+    return open_log(state_dir, signer)
+
+
+@pytest.fixture(scope="session")
+def registry(registry_server: object, default_policy: ResidencyPolicy, signer: object) -> object:
+    from serving.registry import Registry
+
+    return Registry(registry_server.address, default_policy, signer)
+
+
+@pytest.fixture(scope="session")
+def person(make_key: Callable[..., str], access_store: AccessStore, default_policy: ResidencyPolicy) -> Callable:
+    """`person(role)`: a new principal of tenant acme, with its own API key; returns (Registrant, key)."""
+    from policies.access import Roles
+    from policies.openbao import authenticate_key
+    from serving.registry import Registrant
+
+    def make(role: str = "model-admin") -> tuple[Registrant, str]:
+        key = make_key(TENANT, role)
+        principal, record = authenticate_key(access_store, Roles(default_policy), key)
+        return Registrant(principal, record.name), key
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def publish(registry: object, person: Callable, audit: object, tiny_checkpoint: Path) -> Callable[[str], str]:
+    """`publish(name)`: register the tiny checkpoint as `name` and promote it to @production (two people)."""
+
+    def make(name: str) -> str:
+        registrant, approver = person()[0], person()[0]
+        version = registry.register(tiny_checkpoint, name, registrant, [], license_name="apache-2.0")
+        registry.promote(name, version, "production", approver, "SEC-100", audit)
+        return version
+
+    return make

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 
 from monitoring import catalogue
 from policies import PolicyEvaluator, ResidencyPolicy, parse_policy
-from policies.access import Roles
-from policies.audit import AuditLog, open_log
-from policies.openbao import APPROVAL_KEY, AccessStore, BaoServer, TransitSigner, authenticate_key
+from policies.audit import AuditLog
+from policies.openbao import TransitSigner
 from policies.registry import Gate, RegistryError, build_manifest, dataset_from_report
 from policies.scan import scan
 from serving.checkpoint import CheckpointError
@@ -30,39 +29,10 @@ from serving.registry import (
     Tag,
 )
 from serving.registry_server import RegistryServer
-from tests.conftest import TENANT, all_records
+from tests.conftest import all_records
 from tests.pii_samples import registration_number
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def signer(openbao: BaoServer) -> TransitSigner:
-    return TransitSigner(openbao.client(), key=APPROVAL_KEY)
-
-
-@pytest.fixture(scope="module")
-def audit(state_dir: Path, signer: TransitSigner) -> AuditLog:
-    return open_log(state_dir, signer)
-
-
-@pytest.fixture(scope="module")
-def registry(registry_server: RegistryServer, default_policy: ResidencyPolicy, signer: TransitSigner) -> Registry:
-    return Registry(registry_server.address, default_policy, signer)
-
-
-@pytest.fixture(scope="module")
-def person(
-    make_key: Callable[..., str], access_store: AccessStore, default_policy: ResidencyPolicy
-) -> Callable[[str], tuple[Registrant, str]]:
-    """`person(role)`: a new principal of tenant acme with its own API key."""
-
-    def make(role: str = "model-admin") -> tuple[Registrant, str]:
-        key = make_key(TENANT, role)
-        principal, record = authenticate_key(access_store, Roles(default_policy), key)
-        return Registrant(principal, record.name), key
-
-    return make
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ class Output:
 
 @pytest.fixture(scope="module")
 def running_up(allocate_port: Callable[[], int]) -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
-    port, prometheus_port = allocate_port(), allocate_port()
+    port, prometheus_port, registry_port = allocate_port(), allocate_port(), allocate_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -62,6 +62,8 @@ def running_up(allocate_port: Callable[[], int]) -> Iterator[tuple[subprocess.Po
             "--prometheus",
             "--prometheus-port",
             str(prometheus_port),
+            "--registry-port",
+            str(registry_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -111,6 +113,28 @@ def test_up_with_prometheus_scrapes_the_stack(running_up: tuple[subprocess.Popen
     assert {group["name"] for group in rules} == {"sovereign-slo-recording", "sovereign-alerts"}
 
 
+def test_up_starts_the_registry_with_the_tiny_model_registered(
+    running_up: tuple[subprocess.Popen[str], Output, int],
+) -> None:
+    _, output, _ = running_up
+    registry = re.search(r"Registry UI  (http://127\.0\.0\.1:\d+)", "\n".join(output.lines))
+    assert registry, output.lines
+    found = httpx.get(f"{registry.group(1)}/api/2.0/mlflow/registered-models/get", params={"name": "axk1-tiny"})
+    assert found.status_code == 200, "the first start registers the tiny model, so the UI is never empty"
+    # `sovereign registry` finds the running embedded registry by itself.
+    status = subprocess.run(
+        [sys.executable, "-m", "sovereign", "registry", "status", "axk1-tiny", "--json"],
+        capture_output=True,
+        text=True,
+        env={key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+        timeout=120,
+    )
+    assert status.returncode == 0, status.stderr
+    (version,) = json.loads(status.stdout)
+    assert version["tags"]["sovereign.residency.site"] == "local"
+    assert version["aliases"] == [], "never promoted: approval needs two people"
+
+
 def test_ctrl_c_shuts_down_cleanly(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
     process, output, port = running_up
     process.send_signal(signal.SIGINT)
@@ -118,3 +142,7 @@ def test_ctrl_c_shuts_down_cleanly(running_up: tuple[subprocess.Popen[str], Outp
     assert output.rest(timeout=10)[-1] == "Stopped."
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz")
+    registry = re.search(r"Registry UI  (http://\S+)", "\n".join(output.lines))
+    assert registry
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{registry.group(1)}/health")

@@ -1,0 +1,127 @@
+"""`sovereign up --model models:/NAME@ALIAS`: only a promoted, intact version loads, and it keeps serving."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from policies import ResidencyPolicy
+from policies.openbao import BaoServer
+from serving import registry_server as server_module
+from serving.launcher import free_port
+from serving.registry import Registry
+from serving.registry_server import RegistryServer
+from sovereign.cli import app
+from tests.test_up import READY_LINE, Output
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A registry of this module's own, so a test can take it away from a running stack."""
+    server = server_module.start(tmp_path_factory.mktemp("own-mlflow"), free_port())
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+def test_serves_the_promoted_version_and_outlives_the_registry(
+    own_registry: RegistryServer,
+    default_policy: ResidencyPolicy,
+    signer: object,
+    person: Callable,
+    audit: object,
+    tiny_checkpoint: Path,
+    openbao: BaoServer,
+    make_key: Callable[..., str],
+) -> None:
+    registry = Registry(own_registry.address, default_policy, signer)
+    version = registry.register(tiny_checkpoint, "axk1-served", person()[0], [])
+    registry.promote("axk1-served", version, "production", person()[0], "SEC-200", audit)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "sovereign", "up", "--model", "models:/axk1-served@production",
+            "--registry-uri", own_registry.address, "--vault-addr", openbao.address, "--port", str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    output = Output(process)
+    try:
+        output.wait_for(READY_LINE, timeout=180)
+        text = "\n".join(output.lines)
+        assert "Fetching models:/axk1-served@production and verifying its checksums" in text
+        assert "Serving axk1-served" in text
+        assert f"Registry UI  {own_registry.address}" in text
+        base = f"http://127.0.0.1:{port}/v1"
+        headers = {"Authorization": f"Bearer {make_key()}"}
+        body = {"model": "axk1-served", "messages": [{"role": "user", "content": "안녕"}], "max_tokens": 4}
+        assert [m["id"] for m in httpx.get(f"{base}/models", headers=headers).json()["data"]] == ["axk1-served"]
+        assert httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60).status_code == 200
+        own_registry.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{own_registry.address}/health")
+        after = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
+        assert after.status_code == 200, "the loaded version keeps serving without the registry"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_up_refuses_a_version_whose_files_changed(
+    registry: Registry, registry_server: RegistryServer, publish: Callable[[str], str], openbao: BaoServer
+) -> None:
+    version = publish("axk1-tampered")
+    source = registry.client.get_model_version("axk1-tampered", version).source
+    stored = registry_server.directory / "artifacts" / source.removeprefix("mlflow-artifacts:/") / "config.json"
+    stored.write_text(stored.read_text().replace('"num_hidden_layers": 3', '"num_hidden_layers": 30'))
+    result = runner.invoke(
+        app,
+        [
+            "up", "--model", "models:/axk1-tampered@production", "--registry-uri", registry_server.address,
+            "--vault-addr", openbao.address, "--port", str(free_port()),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "refusing to load, the stored files do not match the manifest: `config.json`" in result.stderr
+    assert "only versions promoted with `sovereign registry promote` are served" in result.stderr
+
+
+def test_up_refuses_an_alias_that_was_not_promoted(
+    registry: Registry, person: Callable, tiny_checkpoint: Path, registry_server: RegistryServer, openbao: BaoServer
+) -> None:
+    version = registry.register(tiny_checkpoint, "axk1-unapproved", person()[0], [])
+    registry.client.set_registered_model_alias("axk1-unapproved", "production", version)
+    result = runner.invoke(
+        app,
+        [
+            "up", "--model", "models:/axk1-unapproved@production", "--registry-uri", registry_server.address,
+            "--vault-addr", openbao.address, "--port", str(free_port()),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "which was never approved for `production`" in result.stderr
+
+
+def test_up_with_a_malformed_registry_reference() -> None:
+    result = runner.invoke(app, ["up", "--model", "models:/axk1", "--no-registry"])
+    assert result.exit_code == 2
+    assert "--model: `models:/axk1` is not a registry reference; write models:/NAME@ALIAS" in result.stderr
+    needs_registry = runner.invoke(app, ["up", "--model", "models:/axk1@production", "--no-registry"])
+    assert needs_registry.exit_code == 1
+    assert "--model: a models:/ reference needs a registry" in needs_registry.stderr
