@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m tests.benchmarks.guard
 	$(BIN)/python -m tests.benchmarks.auth
 	$(BIN)/python -m tests.benchmarks.metrics
+	$(BIN)/python -m tests.benchmarks.registry
 	$(BIN)/python -m tests.benchmarks.startup
 
 clean:

@@ -212,7 +212,7 @@ def tenants_list(as_json: AsJson = False, vault_addr: VaultAddr = None) -> None:
 def openbao_policies_command(
     out: Annotated[Path, typer.Option(help="Directory to write one HCL file per component into.")] = Path("openbao"),
 ) -> None:
-    """Write the least-privilege OpenBao policies (gateway, operator, auditor) as HCL files.
+    """Write the least-privilege OpenBao policies (gateway, operator, auditor, registry) as HCL files.
 
     Load them on a cluster's OpenBao with [bold]bao policy write sovereign-gateway openbao/sovereign-gateway.hcl[/bold];
     docs/access.md shows the Kubernetes auth roles that bind them to service accounts.

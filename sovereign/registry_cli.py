@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -128,8 +128,10 @@ def _require(caller: Registrant | None, permission: Permission, residency: Resid
     return caller
 
 
-def _progress() -> Progress:
-    return Progress(
+@contextmanager
+def _transfer(description: str) -> Iterator[dict[str, Callable[[int], None]]]:
+    """A progress bar in bytes, and the `on_start`/`on_progress` callbacks the registry reports to."""
+    with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
@@ -137,7 +139,12 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-    )
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield {
+            "on_start": lambda total: progress.update(task, total=total),
+            "on_progress": lambda size: progress.advance(task, size),
+        }
 
 
 def _share_metrics_with_running_stack() -> None:
@@ -207,8 +214,7 @@ def register(
     declared = datasets if (datasets or no_training_data) else None
     with _registry(registry_uri, vault_addr, residency, api_key) as (registry, caller):
         registrant = _require(caller, Permission.REGISTRY_REGISTER, residency)
-        with _progress() as progress:
-            task = progress.add_task(f"Uploading {path.name}", total=None)
+        with _transfer(f"Uploading {path.name}") as callbacks:
             try:
                 version = registry.register(
                     path,
@@ -219,8 +225,7 @@ def register(
                     base=base,
                     license_name=license_name,
                     description=description,
-                    on_start=lambda total: progress.update(task, total=total),
-                    on_progress=lambda size: progress.advance(task, size),
+                    **callbacks,
                 )
             except CheckpointError as error:
                 fail(str(error), "register a directory that `sovereign up --model PATH` could serve")
@@ -275,19 +280,10 @@ def promote(
     with _registry(registry_uri, vault_addr, residency, api_key) as (registry, approver):
         assert approver is not None
         audit = open_log(default_state_dir(), registry.signer)
-        with _progress() as progress:
-            task = progress.add_task(f"Verifying {name} v{version}", total=None)
+        with _transfer(f"Verifying {name} v{version}") as callbacks:
             try:
                 results = registry.promote(
-                    name,
-                    version,
-                    alias,
-                    approver,
-                    ticket.strip(),
-                    audit,
-                    exceptions=dataset_exception,
-                    on_start=lambda total: progress.update(task, total=total),
-                    on_progress=lambda size: progress.advance(task, size),
+                    name, version, alias, approver, ticket.strip(), audit, exceptions=dataset_exception, **callbacks
                 )
                 refused = False
             except PromotionRefused as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +122,23 @@ def http(stack: object, api_key: str) -> Iterator[httpx.Client]:
         yield session
 
 
-@pytest.fixture(scope="session")
-def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+@contextmanager
+def running_registry(directory: Path) -> Iterator[object]:
     """A real MLflow server on SQLite with a local proxied artifact store, on a random loopback port."""
     from serving import registry_server as server_module
 
-    server = server_module.start(tmp_path_factory.mktemp("mlflow"), free_port())
+    server = server_module.start(directory, free_port())
     server.wait_ready()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    with running_registry(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from policies import ResidencyPolicy
 from policies.openbao import BaoServer
-from serving import registry_server as server_module
 from serving.launcher import free_port
 from serving.registry import Registry
 from serving.registry_server import RegistryServer
 from sovereign.cli import app
+from tests.conftest import running_registry
 from tests.test_up import READY_LINE, Output
 
 runner = CliRunner()
@@ -28,10 +28,14 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def own_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry of this module's own, so a test can take it away from a running stack."""
-    server = server_module.start(tmp_path_factory.mktemp("own-mlflow"), free_port())
-    server.wait_ready()
-    yield server
-    server.stop()
+    with running_registry(tmp_path_factory.mktemp("own-mlflow")) as server:
+        yield server
+
+
+def _up(reference: str, registry_server: RegistryServer, openbao: BaoServer) -> Result:
+    """`sovereign up` in-process for a start that must fail before Ray starts."""
+    arguments = ["up", "--model", reference, "--registry-uri", registry_server.address, "--vault-addr", openbao.address]
+    return runner.invoke(app, [*arguments, "--port", str(free_port())])
 
 
 def test_serves_the_promoted_version_and_outlives_the_registry(
@@ -90,13 +94,7 @@ def test_up_refuses_a_version_whose_files_changed(
     source = registry.client.get_model_version("axk1-tampered", version).source
     stored = registry_server.directory / "artifacts" / source.removeprefix("mlflow-artifacts:/") / "config.json"
     stored.write_text(stored.read_text().replace('"num_hidden_layers": 3', '"num_hidden_layers": 30'))
-    result = runner.invoke(
-        app,
-        [
-            "up", "--model", "models:/axk1-tampered@production", "--registry-uri", registry_server.address,
-            "--vault-addr", openbao.address, "--port", str(free_port()),
-        ],
-    )  # fmt: skip
+    result = _up("models:/axk1-tampered@production", registry_server, openbao)
     assert result.exit_code == 1, result.output
     assert "refusing to load, the stored files do not match the manifest: `config.json`" in result.stderr
     assert "only versions promoted with `sovereign registry promote` are served" in result.stderr
@@ -107,13 +105,7 @@ def test_up_refuses_an_alias_that_was_not_promoted(
 ) -> None:
     version = registry.register(tiny_checkpoint, "axk1-unapproved", person()[0], [])
     registry.client.set_registered_model_alias("axk1-unapproved", "production", version)
-    result = runner.invoke(
-        app,
-        [
-            "up", "--model", "models:/axk1-unapproved@production", "--registry-uri", registry_server.address,
-            "--vault-addr", openbao.address, "--port", str(free_port()),
-        ],
-    )  # fmt: skip
+    result = _up("models:/axk1-unapproved@production", registry_server, openbao)
     assert result.exit_code == 1, result.output
     assert "which was never approved for `production`" in result.stderr
 
