@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from policies.registry import Gate
+from policies.state import METRICS_DIR_ENV
 
 PREFIX = "sovereign"
-METRICS_DIR_ENV = "SOVEREIGN_METRICS_DIR"
 
 
 def _share_through_files() -> str | None:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from policies.access import Principal
@@ -80,6 +80,10 @@ class Manifest:
             raise RegistryError(
                 f"`{source}` is not a checksum manifest ({error!s}); register the model again"
             ) from None
+        # The paths become file names on the serving machine: nothing may point outside the checkout.
+        unsafe = [path for path in files if path.startswith("/") or ".." in PurePosixPath(path).parts or not path]
+        if unsafe:
+            raise RegistryError(f"`{source}` lists paths outside the checkpoint: {', '.join(unsafe[:3])}")
         return cls(files)
 
     def mismatches(self, observed: dict[str, str]) -> list[str]:

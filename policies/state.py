@@ -18,6 +18,10 @@ def embedded_openbao_dir(state_dir: Path | None = None) -> Path:
     return (state_dir or default_state_dir()) / "openbao"
 
 
+# The stack's shared metrics directory, inherited by every process that counts into its /metrics.
+METRICS_DIR_ENV = "SOVEREIGN_METRICS_DIR"
+
+
 def embedded_registry_dir(state_dir: Path | None = None) -> Path:
     return (state_dir or default_state_dir()) / "registry"
 
@@ -28,12 +32,15 @@ def metrics_dir(state_dir: Path, pid: int) -> Path:
 
 
 def running_stack_metrics_dir(state_dir: Path | None = None) -> Path | None:
-    """The metrics directory of a `sovereign up` still running, so commands can count into its /metrics."""
+    """The metrics directory of the newest `sovereign up` still running, so commands count into its /metrics."""
     root = (state_dir or default_state_dir()) / "metrics"
-    for directory in sorted(root.glob("[0-9]*")):
-        try:
-            os.kill(int(directory.name), 0)
-        except (OSError, ValueError):
-            continue
-        return directory
-    return None
+    running = [directory for directory in root.glob("[0-9]*") if _alive(int(directory.name))]
+    return max(running, key=lambda directory: directory.stat().st_mtime, default=None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

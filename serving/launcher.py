@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import hvac
 
 from monitoring import prometheus as local_prometheus
-from monitoring.catalogue import METRICS_DIR_ENV
 from monitoring.prometheus import PrometheusServer
 from policies import ResidencyPolicy
 from policies.access import Roles, Tenant
@@ -40,7 +39,7 @@ from policies.openbao import (
     save_tenant,
     start_embedded_server,
 )
-from policies.state import embedded_openbao_dir, embedded_registry_dir, metrics_dir
+from policies.state import METRICS_DIR_ENV, embedded_openbao_dir, embedded_registry_dir, metrics_dir
 from serving import registry_server
 from serving.app import build_app, require_in_country_site, resolve_model
 from serving.checkpoint import ModelCard, inspect_checkpoint

@@ -32,7 +32,13 @@ from policies.openbao import (
     operator_client,
 )
 from policies.registry import Dataset, RegistryError, dataset_from_report, parse_dataset_option
-from policies.state import default_state_dir, embedded_openbao_dir, embedded_registry_dir, running_stack_metrics_dir
+from policies.state import (
+    METRICS_DIR_ENV,
+    default_state_dir,
+    embedded_openbao_dir,
+    embedded_registry_dir,
+    running_stack_metrics_dir,
+)
 from sovereign.access_cli import VaultAddr
 from sovereign.output import EXIT_USAGE, PolicyFile, console, fail, load_policy_option
 
@@ -149,8 +155,6 @@ def _transfer(description: str) -> Iterator[dict[str, Callable[[int], None]]]:
 
 def _share_metrics_with_running_stack() -> None:
     """Count promotions into a running embedded stack's /metrics (set before the metric catalogue loads)."""
-    from monitoring.catalogue import METRICS_DIR_ENV
-
     if METRICS_DIR_ENV not in os.environ and (directory := running_stack_metrics_dir()) is not None:
         os.environ[METRICS_DIR_ENV] = str(directory)
 

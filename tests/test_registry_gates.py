@@ -161,6 +161,9 @@ def test_manifest_digest_changes_with_any_entry() -> None:
     assert manifest.digest() != Manifest({"a": FileEntry("0" * 64, 2)}).digest()
     with pytest.raises(RegistryError, match=r"`v1 manifest` is not a checksum manifest"):
         Manifest.from_json(b'{"files": 3}', "v1 manifest")
+    escaping = Manifest({"../../etc/cron.d/x": FileEntry("0" * 64, 1)}).to_json()
+    with pytest.raises(RegistryError, match=r"lists paths outside the checkpoint: ../../etc/cron.d/x"):
+        Manifest.from_json(escaping, "v2 manifest")
 
 
 def test_signed_documents_cover_every_field() -> None:

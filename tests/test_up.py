@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 READY_LINE = "Ctrl-C stops the stack."
 
@@ -133,6 +134,38 @@ def test_up_starts_the_registry_with_the_tiny_model_registered(
     (version,) = json.loads(status.stdout)
     assert version["tags"]["sovereign.residency.site"] == "local"
     assert version["aliases"] == [], "never promoted: approval needs two people"
+
+
+def test_a_promotion_is_counted_in_the_stacks_metrics(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
+    """`sovereign registry promote` is a separate process; its count still reaches the gateway's /metrics."""
+    _, _, port = running_up
+    environment = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "VAULT_ADDR")}
+
+    def sovereign(*arguments: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"SOVEREIGN_API_KEY": key} if key else {}
+        return subprocess.run(
+            [sys.executable, "-m", "sovereign", *arguments],
+            capture_output=True,
+            text=True,
+            env={**environment, **extra, "COLUMNS": "200"},
+            timeout=120,
+        )
+
+    approver = sovereign("keys", "create", "--tenant", "local", "--role", "model-admin", "--name", "officer")
+    monitor = sovereign("keys", "create", "--tenant", "platform", "--role", "monitoring", "--name", "scraper")
+    promoted = sovereign("registry", "promote", "axk1-tiny", "1", "--ticket", "SEC-1", key=approver.stdout.split()[-1])
+    assert promoted.returncode == 0, promoted.stderr
+    metrics = httpx.get(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {monitor.stdout.split()[-1]}"}
+    ).text
+    samples = {
+        (sample.labels["result"], sample.labels["gate"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "sovereign_registry_promotions_total"
+    }
+    assert samples[("allowed", "none")] == 1
+    assert samples[("refused", "four_eyes")] == 0
 
 
 def test_ctrl_c_shuts_down_cleanly(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
