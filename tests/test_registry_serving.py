@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from serving.registry import Registry
 from serving.registry_server import RegistryServer
 from sovereign.cli import app
 from tests.conftest import running_registry
-from tests.test_up import READY_LINE, Output
+from tests.test_up import sovereign_up
 
 runner = CliRunner()
 
@@ -52,19 +49,8 @@ def test_serves_the_promoted_version_and_outlives_the_registry(
     version = registry.register(tiny_checkpoint, "axk1-served", person()[0], [])
     registry.promote("axk1-served", version, "production", person()[0], "SEC-200", audit)
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "sovereign", "up", "--model", "models:/axk1-served@production",
-            "--registry-uri", own_registry.address, "--vault-addr", openbao.address, "--port", str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-    output = Output(process)
-    try:
-        output.wait_for(READY_LINE, timeout=180)
+    options = ["--registry-uri", own_registry.address, "--vault-addr", openbao.address, "--port", str(port)]
+    with sovereign_up("--model", "models:/axk1-served@production", *options) as (process, output):
         text = "\n".join(output.lines)
         assert "Fetching models:/axk1-served@production and verifying its checksums" in text
         assert "Serving axk1-served" in text
@@ -81,10 +67,6 @@ def test_serves_the_promoted_version_and_outlives_the_registry(
         assert after.status_code == 200, "the loaded version keeps serving without the registry"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_up_refuses_a_version_whose_files_changed(

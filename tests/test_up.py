@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -49,36 +51,41 @@ class Output:
         return self.lines
 
 
-@pytest.fixture(scope="module")
-def running_up(allocate_port: Callable[[], int]) -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
-    port, prometheus_port, registry_port = allocate_port(), allocate_port(), allocate_port()
+@contextmanager
+def sovereign_up(*arguments: str) -> Iterator[tuple[subprocess.Popen[str], Output]]:
+    """`sovereign up ARGUMENTS` in its own process group, ready; on the way out its whole group is stopped.
+
+    Ctrl-C first, so the stack stops its servers; if that fails, the group is killed, so no OpenBao,
+    registry or Prometheus outlives a failed test.
+    """
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sovereign",
-            "up",
-            "--port",
-            str(port),
-            "--prometheus",
-            "--prometheus-port",
-            str(prometheus_port),
-            "--registry-port",
-            str(registry_port),
-        ],
+        [sys.executable, "-m", "sovereign", "up", *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        start_new_session=True,
     )
     output = Output(process)
     try:
         output.wait_for(READY_LINE, timeout=180)
-        yield process, output, port
+        yield process, output
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def running_up(allocate_port: Callable[[], int]) -> Iterator[tuple[subprocess.Popen[str], Output, int]]:
+    port, prometheus_port, registry_port = allocate_port(), allocate_port(), allocate_port()
+    options = ["--port", str(port), "--prometheus", "--prometheus-port", str(prometheus_port)]
+    with sovereign_up(*options, "--registry-port", str(registry_port)) as (process, output):
+        yield process, output, port
 
 
 def test_up_serves_and_prints_a_working_example(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
