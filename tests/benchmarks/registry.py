@@ -8,6 +8,7 @@ shards with an index), starts an MLflow server on SQLite and an OpenBao dev serv
 then times, in one run and on warm page cache:
 
 - plain SHA-256 of the checkpoint's files (hashlib, 8 MB reads): the floor for any checksummed copy;
+- curl PUT and GET of the same files through the same artifact proxy: the transport alone;
 - `register`: upload through the registry's artifact proxy, hashed in the same read;
 - `promote`: every gate, of which the checksum gate streams every stored file back and hashes it;
 - `checkout`: download for serving, hashed while written, then compared with the manifest.
@@ -20,6 +21,7 @@ import hashlib
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -81,6 +83,17 @@ def plain_sha256(directory: Path) -> float:
     return time.perf_counter() - started
 
 
+def curl_transfer(directory: Path, base_url: str, upload: bool) -> float:
+    """The transport alone: every file PUT (or GET) through the same artifact proxy with curl, no hashing."""
+    os.sync()
+    started = time.perf_counter()
+    for path in checkpoint_files(directory):
+        url = f"{base_url}/{path.name}"
+        command = ["curl", "-sf", "-T", str(path), url] if upload else ["curl", "-sf", "-o", "/dev/null", url]
+        subprocess.run(command, check=True)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gigabytes", type=float, default=1.0, help="Checkpoint size to build (default 1).")
@@ -107,15 +120,22 @@ def main() -> None:
 
         plain_sha256(checkpoint)  # warm the page cache, so every measure below reads from memory
         timings = {"plain sha256 (hashlib)": plain_sha256(checkpoint)}
+        os.sync()  # each step starts with no writes pending from the one before
         started = time.perf_counter()
         version = registry.register(checkpoint, "bench", engineer, [])
         timings["register (upload + hash, one read)"] = time.perf_counter() - started
+        os.sync()
         started = time.perf_counter()
         registry.promote("bench", version, "production", officer, "BENCH-1", open_log(work / "state", signer))
         timings["promote (all gates; streams and hashes every file)"] = time.perf_counter() - started
+        os.sync()
         started = time.perf_counter()
         registry.checkout(ModelReference("bench", "production"), work / "cache")
         timings["checkout for serving (download + hash + write)"] = time.perf_counter() - started
+        # The transport alone, after the registry's own steps so that neither finds the other's writes.
+        scratch = f"{mlflow.address}/api/2.0/mlflow-artifacts/artifacts/0/curl-baseline"
+        timings["curl PUT through the artifact proxy (no hashing)"] = curl_transfer(checkpoint, scratch, upload=True)
+        timings["curl GET through the artifact proxy (no hashing)"] = curl_transfer(checkpoint, scratch, upload=False)
     finally:
         mlflow.stop()
         bao.stop()
