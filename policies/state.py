@@ -20,6 +20,9 @@ def embedded_openbao_dir(state_dir: Path | None = None) -> Path:
 
 # The stack's shared metrics directory, inherited by every process that counts into its /metrics.
 METRICS_DIR_ENV = "SOVEREIGN_METRICS_DIR"
+# Written once when a stack creates its metrics directory: when it started, which file times do not
+# tell (the directory changes whenever a process of the stack creates its file).
+STARTED_MARKER = ".started"
 
 
 def embedded_registry_dir(state_dir: Path | None = None) -> Path:
@@ -32,10 +35,14 @@ def metrics_dir(state_dir: Path, pid: int) -> Path:
 
 
 def running_stack_metrics_dir(state_dir: Path | None = None) -> Path | None:
-    """The metrics directory of the newest `sovereign up` still running, so commands count into its /metrics."""
+    """The metrics directory of the last `sovereign up` started and still running, so commands count into it."""
     root = (state_dir or default_state_dir()) / "metrics"
-    running = [directory for directory in root.glob("[0-9]*") if _alive(int(directory.name))]
-    return max(running, key=lambda directory: directory.stat().st_mtime, default=None)
+    running = [
+        directory
+        for directory in root.glob("[0-9]*")
+        if (directory / STARTED_MARKER).exists() and _alive(int(directory.name))
+    ]
+    return max(running, key=lambda directory: (directory / STARTED_MARKER).stat().st_mtime, default=None)
 
 
 def _alive(pid: int) -> bool:

@@ -39,7 +39,13 @@ from policies.openbao import (
     save_tenant,
     start_embedded_server,
 )
-from policies.state import METRICS_DIR_ENV, embedded_openbao_dir, embedded_registry_dir, metrics_dir
+from policies.state import (
+    METRICS_DIR_ENV,
+    STARTED_MARKER,
+    embedded_openbao_dir,
+    embedded_registry_dir,
+    metrics_dir,
+)
 from serving import registry_server
 from serving.app import build_app, require_in_country_site, resolve_model
 from serving.checkpoint import ModelCard, inspect_checkpoint
@@ -310,6 +316,7 @@ def fresh_metrics_dir(state_dir: Path) -> Path:
     directory = metrics_dir(state_dir, os.getpid())
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
+    (directory / STARTED_MARKER).touch()
     return directory
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,3 +33,17 @@ def test_a_ready_server_is_left_running(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_commands_count_into_the_last_stack_started(tmp_path: Path) -> None:
+    """`sovereign registry promote` finds the /metrics directory of the newest running stack, not a dead one."""
+    from policies.state import STARTED_MARKER, running_stack_metrics_dir
+
+    assert running_stack_metrics_dir(tmp_path) is None
+    dead, older, newer = (tmp_path / "metrics" / str(pid) for pid in (2**22 + 1, os.getppid(), os.getpid()))
+    for number, directory in enumerate((older, newer, dead)):
+        directory.mkdir(parents=True)
+        (directory / STARTED_MARKER).touch()
+        os.utime(directory / STARTED_MARKER, (1_000 + number, 1_000 + number))
+    (older / "counter_1.db").touch()  # a stack's own writes do not make it the newest
+    assert running_stack_metrics_dir(tmp_path) == newer

@@ -19,6 +19,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from policies.state import METRICS_DIR_ENV
+
 READY_LINE = "Ctrl-C stops the stack."
 
 
@@ -146,7 +148,9 @@ def test_up_starts_the_registry_with_the_tiny_model_registered(
 def test_a_promotion_is_counted_in_the_stacks_metrics(running_up: tuple[subprocess.Popen[str], Output, int]) -> None:
     """`sovereign registry promote` is a separate process; its count still reaches the gateway's /metrics."""
     _, _, port = running_up
-    environment = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_TRACKING_URI", "VAULT_ADDR")}
+    # As a user's shell: no registry, OpenBao or metrics directory inherited from the test session's own stack.
+    inherited = ("MLFLOW_TRACKING_URI", "VAULT_ADDR", METRICS_DIR_ENV)
+    environment = {key: value for key, value in os.environ.items() if key not in inherited}
 
     def sovereign(*arguments: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = {"SOVEREIGN_API_KEY": key} if key else {}
