@@ -46,7 +46,7 @@ from policies.registry import (
     sha256_stream,
     verify_directory,
 )
-from serving.checkpoint import inspect_checkpoint
+from serving.checkpoint import CheckpointError, inspect_checkpoint
 from serving.model_size import human_count, parameter_counts
 
 EXPERIMENT = "sovereign-registry"
@@ -208,6 +208,7 @@ class Registry:
         Everything that can be refused is checked before the first byte is written; if the upload
         fails, the half-made run is deleted and no version exists. Returns the new version number.
         """
+        _check_names(name=name)
         card = inspect_checkpoint(directory)
         experiment = self._experiment()
         store = artifact_store_for(self.policy, experiment.artifact_location)
@@ -219,7 +220,12 @@ class Registry:
         if problem := check_store(self.policy, store):
             raise RegistryError(f"refusing to store {name} outside the jurisdiction: {problem}")
         base_version = self._resolve_base(base) if base else None
-        counts = parameter_counts(card.path)
+        try:
+            counts = parameter_counts(card.path)
+        except (ValueError, OSError, KeyError) as error:
+            raise CheckpointError(
+                f"`{card.path / 'config.json'}` does not describe a model transformers can build: {error}"
+            ) from None
         files = checkpoint_files(card.path)
         on_start(sum(path.stat().st_size for path in files))
 
@@ -296,6 +302,7 @@ class Registry:
         Every attempt, allowed or refused, is recorded: the gate results as a version tag, an audit
         record, and `sovereign_registry_promotions_total`. Raises PromotionRefused listing each failed gate.
         """
+        _check_names(alias=alias)
         model_version = self._version(name, version)
         tags = dict(model_version.tags)
         recorded_exceptions = _json_tag(tags, Tag.EXCEPTIONS, {})
@@ -662,6 +669,26 @@ class _LargeBlockAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["blocksize"] = CHUNK_BYTES
         super().init_poolmanager(*args, **kwargs)
+
+
+def _check_names(name: str | None = None, alias: str | None = None) -> None:
+    """MLflow's own rules for model and alias names, checked before anything is written."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import (
+        _validate_model_alias_name,
+        _validate_model_alias_name_reserved,
+        _validate_model_name,
+    )
+
+    try:
+        if name is not None:
+            _validate_model_name(name)
+        if alias is not None:
+            _validate_model_alias_name(alias)
+            _validate_model_alias_name_reserved(alias)
+    except MlflowException as error:
+        option = "--name" if name is not None else "--alias"
+        raise RegistryError(f"{option}: {error.message}") from None
 
 
 def _describe(description: str, tags: dict[str, str]) -> str:

@@ -97,6 +97,8 @@ def _registry(
 ) -> Iterator[tuple[Registry, Registrant | None]]:
     """The registry, with approvals signed in OpenBao, and the caller the API key names (when one is given)."""
     try:
+        from mlflow.exceptions import MlflowException
+
         from serving.registry import Registrant, Registry, RegistryUnavailable, ServingRefused
     except ImportError as error:
         fail(
@@ -122,6 +124,8 @@ def _registry(
         fail(str(error), "is the registry running? `sovereign up` starts one; otherwise set --registry-uri")
     except (RegistryError, ServingRefused) as error:
         fail(str(error))
+    except MlflowException as error:
+        fail(f"the registry refused: {error.message}", "check the name and version; `sovereign registry --help`")
 
 
 def _require(caller: Registrant | None, permission: Permission, residency: ResidencyPolicy) -> Registrant:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -134,6 +135,31 @@ def test_mistakes_are_named(
     )
     assert missing.exit_code == 1
     assert "model `no-such-model` has no version `1`" in missing.stderr
+    unknown_architecture = tmp_path / "unknown"
+    shutil.copytree(tiny_checkpoint, unknown_architecture)
+    config = json.loads((unknown_architecture / "config.json").read_text())
+    (unknown_architecture / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
+    unknown = runner.invoke(
+        app,
+        ["registry", "register", str(unknown_architecture), "--name", "mistake", "--no-training-data"],
+        env={**env, "SOVEREIGN_API_KEY": key},
+    )
+    assert unknown.exit_code == 1
+    assert "does not describe a model transformers can build" in unknown.stderr
+    bad_name = runner.invoke(
+        app,
+        ["registry", "register", str(tiny_checkpoint), "--name", "a/b%", "--no-training-data"],
+        env={**env, "SOVEREIGN_API_KEY": key},
+    )
+    assert bad_name.exit_code == 1, bad_name.output
+    assert "--name: Invalid model name 'a/b%'. Names cannot contain '/' or ':'." in bad_name.stderr
+    reserved = runner.invoke(
+        app,
+        ["registry", "promote", "mistake", "1", "--alias", "latest", "--ticket", "T"],
+        env={**env, "SOVEREIGN_API_KEY": key},
+    )
+    assert reserved.exit_code == 1
+    assert "--alias: 'latest' alias name (case insensitive) is reserved." in reserved.stderr
     not_a_checkpoint = runner.invoke(
         app,
         ["registry", "register", str(tmp_path), "--name", "mistake", "--no-training-data"],
