@@ -285,7 +285,7 @@ def register_tiny_model(address: str, policy: ResidencyPolicy, openbao: AccessSe
     from serving.registry import Registrant
 
     registry = _registry_for(policy, openbao, address)
-    if TINY_MODEL_ID in registry.models():
+    if registry.has_model(TINY_MODEL_ID):
         return
     roles = Roles(policy)
     principal = roles.principal(policy.spec.access.operator_tenant, "sovereign-up", "model-admin", "api-key")

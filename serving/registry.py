@@ -394,8 +394,8 @@ class Registry:
             for v in sorted(versions, key=lambda v: int(v.version), reverse=True)
         ]
 
-    def models(self) -> list[str]:
-        return [model.name for model in self.client.search_registered_models()]
+    def has_model(self, name: str) -> bool:
+        return self._find_model(name) is not None
 
     # -- serving ----------------------------------------------------------------------------------
 

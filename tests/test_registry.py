@@ -25,6 +25,7 @@ from serving.registry import (
     PromotionRefused,
     Registrant,
     Registry,
+    RegistryUnavailable,
     ServingRefused,
     Tag,
 )
@@ -90,6 +91,12 @@ def _promotions(result: str, gate: str) -> float:
     return value or 0.0
 
 
+def _runs(registry: Registry) -> int:
+    """Registration runs in the registry's experiment, finished or not."""
+    experiment = registry.client.get_experiment_by_name("sovereign-registry")
+    return len(registry.client.search_runs([experiment.experiment_id])) if experiment else 0
+
+
 def _stored(server: RegistryServer, source: str, relative: str) -> Path:
     """Where the server's proxied store keeps a version's file on disk."""
     return server.directory / "artifacts" / source.removeprefix("mlflow-artifacts:/") / relative
@@ -150,12 +157,13 @@ def test_register_refuses_a_store_outside_the_jurisdiction(
     )
     document["spec"]["registry"]["artifactStores"][0]["site"] = "tokyo-1"
     foreign = Registry(registry_server.address, parse_policy(yaml.safe_dump(document)), signer)
-    before = foreign.models()
+    runs = _runs(foreign)
     with pytest.raises(
         RegistryError, match=r"outside the jurisdiction: artifact store `embedded` is on site `tokyo-1`"
     ):
         foreign.register(tiny_checkpoint, "never-stored", alice, [])
-    assert foreign.models() == before, "nothing was written"
+    assert not foreign.has_model("never-stored")
+    assert _runs(foreign) == runs, "not even a run was started"
 
 
 def test_register_refuses_a_directory_that_is_not_a_checkpoint(
@@ -166,7 +174,27 @@ def test_register_refuses_a_directory_that_is_not_a_checkpoint(
     (broken / "config.json").unlink()
     with pytest.raises(CheckpointError, match=r"config.json` is missing"):
         registry.register(broken, "never-registered", alice, [])
-    assert "never-registered" not in registry.models()
+    assert not registry.has_model("never-registered")
+
+
+def test_a_failed_upload_leaves_no_version_and_no_run(
+    registry: Registry, tiny_checkpoint: Path, alice: Registrant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs, uploads = _runs(registry), []
+    upload = Registry._upload
+
+    def connection_lost_on_the_third_file(self: Registry, *arguments: Any) -> str:
+        uploads.append(arguments[1])
+        if len(uploads) == 3:
+            raise RegistryUnavailable("uploading failed: ConnectionError")
+        return upload(self, *arguments)
+
+    monkeypatch.setattr(Registry, "_upload", connection_lost_on_the_third_file)
+    with pytest.raises(RegistryUnavailable):
+        registry.register(tiny_checkpoint, "half-written", alice, [])
+    assert len(uploads) == 3
+    assert not registry.has_model("half-written")
+    assert _runs(registry) == runs, "the run with the first two files was deleted"
 
 
 # --- promote: each gate refuses on its own -------------------------------------------------------
