@@ -314,13 +314,11 @@ class Registry:
                 f"it declares: {', '.join(d.name for d in _datasets(tags) or []) or 'none'}"
             )
         all_exceptions = {**recorded_exceptions, **new_exceptions}
-        registration = self._registration(model_version)
-        manifest_digest = registration.manifest_sha256 if registration else tags.get(Tag.MANIFEST, "")
-        on_start(int(tags.get(Tag.BYTES, "0") or 0))
+        registration, manifest_digest, checksum_problems = self._integrity(model_version, on_start, on_progress)
         facts = VersionFacts(
             source=model_version.source,
             storage_site=tags.get(Tag.SITE),
-            checksum_problems=self._stored_checksum_problems(model_version, manifest_digest, on_progress),
+            checksum_problems=checksum_problems,
             datasets=_datasets(tags),
             registered_by=registration.registered_by if registration else None,
             exceptions=all_exceptions,
@@ -371,6 +369,22 @@ class Registry:
         self.client.set_registered_model_alias(name, alias, version)
         catalogue.REGISTRY_PROMOTIONS.labels("allowed", "none").inc()
         return results
+
+    # -- verify -----------------------------------------------------------------------------------
+
+    def verify(
+        self,
+        name: str,
+        version: str,
+        on_start: Callable[[int], None] = lambda _: None,
+        on_progress: Progress = _no_progress,
+    ) -> list[str]:
+        """Everything wrong with a version's stored files and signed records; empty when it is intact.
+
+        What the checksum gate checks, on demand: for a security officer's periodic integrity check.
+        """
+        registration, _, checksum_problems = self._integrity(self._version(name, version), on_start, on_progress)
+        return ([] if registration else ["its signed registration is missing or was altered"]) + checksum_problems
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -499,6 +513,19 @@ class Registry:
         name, _, version = base.partition("/")
         self._version(name, version)
         return base
+
+    def _integrity(
+        self, model_version: Any, on_start: Callable[[int], None], on_progress: Progress
+    ) -> tuple[Registration | None, str, list[str]]:
+        """The signed registration (None if it does not verify), the manifest digest, and the stored files' problems.
+
+        Without a valid registration the digest tag is all there is; the manifest is still checked against it.
+        """
+        tags = dict(model_version.tags)
+        registration = self._registration(model_version)
+        digest = registration.manifest_sha256 if registration else tags.get(Tag.MANIFEST, "")
+        on_start(int(tags.get(Tag.BYTES, "0") or 0))
+        return registration, digest, self._stored_checksum_problems(model_version, digest, on_progress)
 
     def _registration(self, model_version: Any) -> Registration | None:
         """The signed registration record, or None when it is missing or does not verify."""

@@ -313,6 +313,30 @@ def promote(
 
 
 @registry_app.command()
+def verify(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version to check, as `registry status` shows it.")],
+    policy: PolicyFile = None,
+    registry_uri: RegistryUri = None,
+    vault_addr: VaultAddr = None,
+) -> None:
+    """Check that a version is intact: its signed registration, and every stored file against its manifest.
+
+    Streams every file back from the artifact store and hashes it; nothing is written. Exit status 1
+    names each problem. Use it to re-check a serving version, e.g. from a nightly job.
+    """
+    residency = load_policy_option(policy)
+    with (
+        _registry(registry_uri, vault_addr, residency, None) as (registry, _),
+        _transfer(f"Verifying {name} v{version}") as callbacks,
+    ):
+        problems = registry.verify(name, version, **callbacks)
+    if problems:
+        fail(f"{name} version {version} is not intact: " + "; ".join(problems))
+    console.print(f"[green]Intact:[/green] {escape(name)} version {version} matches its signed manifest.")
+
+
+@registry_app.command()
 def status(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

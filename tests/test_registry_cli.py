@@ -81,6 +81,21 @@ def test_register_promote_and_status(
     assert "all passed" in table.output
 
 
+def test_verify_names_what_changed(
+    env: dict[str, str], registry: object, registry_server: object, publish: Callable[[str], str]
+) -> None:
+    version = publish("cli-verified")
+    intact = runner.invoke(app, ["registry", "verify", "cli-verified", version], env=env)
+    assert intact.exit_code == 0, intact.output
+    assert f"Intact: cli-verified version {version} matches its signed manifest" in intact.output
+    source = registry.client.get_model_version("cli-verified", version).source
+    stored = registry_server.directory / "artifacts" / source.removeprefix("mlflow-artifacts:/") / "tokenizer.json"
+    stored.unlink()
+    broken = runner.invoke(app, ["registry", "verify", "cli-verified", version], env=env)
+    assert broken.exit_code == 1
+    assert f"cli-verified version {version} is not intact: `tokenizer.json`: missing" in broken.stderr
+
+
 @pytest.mark.parametrize(
     ("role", "message"),
     [
