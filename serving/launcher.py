@@ -124,17 +124,18 @@ class RunningStack:
         """Stop the stack and record that in the audit log."""
         if self.prometheus is not None:
             self.prometheus.stop()
-        if self.registry is not None:
-            self.registry.stop()
-        self.shut_down()
-        self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
-        self.openbao.stop()
+        self.stop_services(record=True)
 
-    def stop_services(self) -> None:
-        """Stop what a failed start had started: Ray (or Serve), the registry and OpenBao."""
+    def stop_services(self, record: bool = False) -> None:
+        """Stop Ray (or Serve) and the registry, record the stop if asked, then OpenBao (the log signs with it).
+
+        Without `record`, this undoes a start that failed part-way.
+        """
         self.shut_down()
         if self.registry is not None:
             self.registry.stop()
+        if record:
+            self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
         self.openbao.stop()
 
     def shut_down(self) -> None:
