@@ -116,72 +116,75 @@ def test_register_needs_the_permission(
     assert "roles that may: model-admin" in result.stderr
 
 
-def test_mistakes_are_named(
-    env: dict[str, str], make_key: Callable[..., str], tiny_checkpoint: Path, tmp_path: Path
-) -> None:
-    key = make_key(TENANT, "model-admin")
-    bad_report = tmp_path / "report.json"
-    bad_report.write_text('{"not": "a report"}')
-    cases = [
-        (["--dataset", f"corpus={bad_report}"], 2, f"--dataset corpus: `{bad_report}` is not a scan report"),
-        (["--dataset", "corpus="], 2, "--dataset `corpus=` is not NAME or NAME=SCAN_REPORT.json"),
-        (["--dataset", "corpus", "--no-training-data"], 2, "contradict each other"),
-        (["--base", "models:/missing@production", "--no-training-data"], 1, "--base models:/missing@production"),
-    ]
-    for extra, code, message in cases:
-        result = runner.invoke(
-            app,
-            ["registry", "register", str(tiny_checkpoint), "--name", "mistake", *extra],
-            env={**env, "SOVEREIGN_API_KEY": key},
-        )
-        assert result.exit_code == code, (extra, result.output)
-        assert message in result.stderr, (extra, result.stderr)
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> dict[str, str]:
+    """Placeholders in the cases below: a checkpoint, a fake report, an unknown architecture, an empty dir."""
+    directory = tmp_path_factory.mktemp("mistakes")
+    (directory / "report.json").write_text('{"not": "a report"}')
+    shutil.copytree(tiny_checkpoint, directory / "unknown")
+    config = json.loads((directory / "unknown" / "config.json").read_text())
+    (directory / "unknown" / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
+    (directory / "empty").mkdir()
+    return {
+        "<checkpoint>": str(tiny_checkpoint),
+        "<report>": str(directory / "report.json"),
+        "<unknown>": str(directory / "unknown"),
+        "<empty>": str(directory / "empty"),
+    }
 
-    not_a_key = runner.invoke(
-        app, ["registry", "promote", "mistake", "1", "--ticket", "T"], env={**env, "SOVEREIGN_API_KEY": "sk-123"}
+
+REGISTER = ["registry", "register", "<checkpoint>", "--name", "mistake"]
+PROMOTE = ["registry", "promote", "mistake", "1", "--ticket", "T"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "exit_code", "message"),
+    [
+        ([*REGISTER, "--dataset", "corpus=<report>"], 2, "--dataset corpus: `<report>` is not a scan report"),
+        ([*REGISTER, "--dataset", "corpus="], 2, "--dataset `corpus=` is not NAME or NAME=SCAN_REPORT.json"),
+        ([*REGISTER, "--dataset", "corpus", "--no-training-data"], 2, "contradict each other"),
+        ([*REGISTER, "--base", "models:/missing@production", "--no-training-data"], 1, "--base models:/missing@p"),
+        (["registry", "register", "<empty>", "--name", "m", "--no-training-data"], 1, "config.json` is missing"),
+        (
+            ["registry", "register", "<unknown>", "--name", "m", "--no-training-data"],
+            1,
+            "does not describe a model transformers can build",
+        ),
+        (
+            ["registry", "register", "<checkpoint>", "--name", "a/b%", "--no-training-data"],
+            1,
+            "--name: Invalid model name 'a/b%'. Names cannot contain '/' or ':'.",
+        ),
+        ([*PROMOTE, "--alias", "latest"], 1, "--alias: 'latest' alias name (case insensitive) is reserved."),
+        (["registry", "promote", "no-such-model", "1", "--ticket", "T"], 1, "model `no-such-model` has no version"),
+        (["registry", "promote", "mistake", "1"], 2, "--ticket is required"),
+    ],
+)
+def test_mistakes_are_named(
+    env: dict[str, str],
+    make_key: Callable[..., str],
+    inputs: dict[str, str],
+    arguments: list[str],
+    exit_code: int,
+    message: str,
+) -> None:
+    def filled(text: str) -> str:
+        for placeholder, value in inputs.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    result = runner.invoke(
+        app, [filled(a) for a in arguments], env={**env, "SOVEREIGN_API_KEY": make_key(TENANT, "model-admin")}
     )
-    assert not_a_key.exit_code == 1
-    assert "--api-key: it is not a sovereign-stack key" in not_a_key.stderr
-    no_ticket = runner.invoke(app, ["registry", "promote", "mistake", "1"], env={**env, "SOVEREIGN_API_KEY": key})
-    assert no_ticket.exit_code == 2
-    assert "--ticket is required" in no_ticket.stderr
-    missing = runner.invoke(
-        app, ["registry", "promote", "no-such-model", "1", "--ticket", "T"], env={**env, "SOVEREIGN_API_KEY": key}
-    )
-    assert missing.exit_code == 1
-    assert "model `no-such-model` has no version `1`" in missing.stderr
-    unknown_architecture = tmp_path / "unknown"
-    shutil.copytree(tiny_checkpoint, unknown_architecture)
-    config = json.loads((unknown_architecture / "config.json").read_text())
-    (unknown_architecture / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
-    unknown = runner.invoke(
-        app,
-        ["registry", "register", str(unknown_architecture), "--name", "mistake", "--no-training-data"],
-        env={**env, "SOVEREIGN_API_KEY": key},
-    )
-    assert unknown.exit_code == 1
-    assert "does not describe a model transformers can build" in unknown.stderr
-    bad_name = runner.invoke(
-        app,
-        ["registry", "register", str(tiny_checkpoint), "--name", "a/b%", "--no-training-data"],
-        env={**env, "SOVEREIGN_API_KEY": key},
-    )
-    assert bad_name.exit_code == 1, bad_name.output
-    assert "--name: Invalid model name 'a/b%'. Names cannot contain '/' or ':'." in bad_name.stderr
-    reserved = runner.invoke(
-        app,
-        ["registry", "promote", "mistake", "1", "--alias", "latest", "--ticket", "T"],
-        env={**env, "SOVEREIGN_API_KEY": key},
-    )
-    assert reserved.exit_code == 1
-    assert "--alias: 'latest' alias name (case insensitive) is reserved." in reserved.stderr
-    not_a_checkpoint = runner.invoke(
-        app,
-        ["registry", "register", str(tmp_path), "--name", "mistake", "--no-training-data"],
-        env={**env, "SOVEREIGN_API_KEY": key},
-    )
-    assert not_a_checkpoint.exit_code == 1
-    assert "config.json` is missing" in not_a_checkpoint.stderr
+    assert result.exit_code == exit_code, result.output
+    assert filled(message) in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_key_that_is_not_one_is_named(env: dict[str, str]) -> None:
+    result = runner.invoke(app, PROMOTE, env={**env, "SOVEREIGN_API_KEY": "sk-123"})
+    assert result.exit_code == 1
+    assert "--api-key: it is not a sovereign-stack key" in result.stderr
 
 
 def test_without_a_registry_it_says_how_to_reach_one(env: dict[str, str], tmp_path: Path) -> None:
