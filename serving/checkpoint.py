@@ -21,6 +21,7 @@ class ModelCard:
     model_type: str
     max_model_len: int
     created: int
+    revision: str | None = None  # `NAME/VERSION` when served from the registry
 
 
 _LAYOUT_HINT = "an HF-format checkpoint directory holds config.json, *.safetensors and tokenizer.json"

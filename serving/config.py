@@ -57,6 +57,12 @@ class ServingConfig(BaseModel):
         pattern=r"^models:/[^/@]+@[^/@]+$",
         description="A promoted registry version, `models:/NAME@ALIAS`; fetched and verified before it loads.",
     )
+    follow_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="With `model_uri`: check the alias this often and roll out a newly promoted version, "
+        "verified first; unset loads the version once.",
+    )
     served_model_name: str | None = Field(
         None, description="Model id clients send; defaults to `axk1-tiny` or the checkpoint directory's name."
     )
@@ -109,6 +115,8 @@ class ServingConfig(BaseModel):
             raise ValueError("model: give a checkpoint directory or a models:/NAME@ALIAS reference, not both")
         if self.model_uri is not None and self.registry_uri is None and self.registry_port is None:
             raise ValueError("model: a models:/ reference needs a registry (the embedded one, or registry_uri)")
+        if self.follow_seconds is not None and self.model_uri is None:
+            raise ValueError("follow: only a models:/NAME@ALIAS reference can be followed")
         if self.registry_uri is not None and self.registry_port is not None:
             raise ValueError("registry-uri: use an existing registry or start the embedded one, not both")
         return self

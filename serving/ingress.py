@@ -354,7 +354,13 @@ class OpenAIIngress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.card.id, "site": self.site, "policy": self.policy_summary}
+        return {
+            "status": "ok",
+            "model": self.card.id,
+            "revision": self.card.revision,
+            "site": self.site,
+            "policy": self.policy_summary,
+        }
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, caller: ModelReader) -> dict[str, Any]:

@@ -7,12 +7,14 @@ starts, so a mistake costs a second and a clear message rather than a half-start
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import getpass
 import logging
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +116,7 @@ class RunningStack:
     prometheus: PrometheusServer | None = None
     registry: RegistryServer | None = None
     registry_uri: str | None = None
+    follower: AliasFollower | None = None
 
     @property
     def base_url(self) -> str:
@@ -122,6 +125,8 @@ class RunningStack:
 
     def stop(self) -> None:
         """Stop the stack and record that in the audit log."""
+        if self.follower is not None:
+            self.follower.stop()
         if self.prometheus is not None:
             self.prometheus.stop()
         self.stop_services(record=True)
@@ -165,9 +170,15 @@ def check_port_free(host: str, port: int, option: str = "--port") -> None:
 
 
 def start_stack(
-    config: ServingConfig, policy: ResidencyPolicy, step: Callable[[str], None] = lambda _: None
+    config: ServingConfig,
+    policy: ResidencyPolicy,
+    step: Callable[[str], None] = lambda _: None,
+    announce: Callable[[str], None] = lambda _: None,
 ) -> RunningStack:
-    """Check, start Ray if needed, deploy the app and wait until it serves."""
+    """Check, start Ray if needed, deploy the app and wait until it serves.
+
+    `step` names each start-up step as it begins; `announce` receives what happens later (rollouts).
+    """
     require_in_country_site(policy, config.site)
     check_port_free(config.host, config.port)
     if config.prometheus_port is not None:
@@ -190,7 +201,9 @@ def start_stack(
     try:
         if config.model_uri is not None:
             step(f"Fetching {config.model_uri} and verifying its checksums")
-            card = checkout_from_registry(config, policy, openbao, registry)
+            if registry is not None:
+                registry.wait_ready()
+            card = checkout_from_registry(config, policy, openbao, config.registry_uri or _address(registry))
         app = build_app(config, policy, card, openbao.access)
     except BaseException:
         if registry is not None:
@@ -250,6 +263,9 @@ def start_stack(
         except BaseException:
             stack.stop()
             raise
+    if config.follow_seconds is not None:
+        stack.follower = AliasFollower(stack, policy, announce)
+        stack.follower.start()
     return stack
 
 
@@ -260,6 +276,10 @@ def _start_registry(config: ServingConfig) -> RegistryServer | None:
     return registry_server.start(directory, config.registry_port, config.host)
 
 
+def _address(registry: RegistryServer | None) -> str:
+    return registry.address if registry is not None else ""
+
+
 def _registry_for(policy: ResidencyPolicy, openbao: AccessSetup, address: str) -> Registry:
     from serving.registry import Registry
 
@@ -267,18 +287,76 @@ def _registry_for(policy: ResidencyPolicy, openbao: AccessSetup, address: str) -
 
 
 def checkout_from_registry(
-    config: ServingConfig, policy: ResidencyPolicy, openbao: AccessSetup, registry: RegistryServer | None
+    config: ServingConfig, policy: ResidencyPolicy, openbao: AccessSetup, address: str
 ) -> ModelCard:
     """Resolve `models:/NAME@ALIAS`, check its approval, download it and verify every file before it loads."""
     from serving.registry import ModelReference
 
     assert config.model_uri is not None
-    if registry is not None:
-        registry.wait_ready()
-    address = config.registry_uri or (registry.address if registry else "")
     reference = ModelReference.parse(config.model_uri)
     checkout = _registry_for(policy, openbao, address).checkout(reference, config.cache_dir or default_cache_dir())
-    return inspect_checkpoint(checkout.path, config.served_model_name or reference.name)
+    card = inspect_checkpoint(checkout.path, config.served_model_name or reference.name)
+    return dataclasses.replace(card, revision=f"{checkout.name}/{checkout.version}")
+
+
+class AliasFollower:
+    """Rolls out the version an alias points at once it is promoted and verified; the running one serves meanwhile.
+
+    Ray Serve updates the deployments in place: new replicas load the new version, and old ones serve until
+    they are ready. A version that cannot be verified is never rolled out; the reason is announced once.
+    """
+
+    def __init__(self, stack: RunningStack, policy: ResidencyPolicy, announce: Callable[[str], None]) -> None:
+        self.stack, self.policy, self.announce = stack, policy, announce
+        self._stopped = threading.Event()
+        self._last_problem = ""
+        self._thread = threading.Thread(target=self._follow, name="alias-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=60)
+
+    def check_once(self) -> bool:
+        """Roll out the alias's version if it changed; True when it did."""
+        from ray import serve
+
+        from serving.registry import ModelReference
+
+        config, address = self.stack.config, self.stack.registry_uri or ""
+        assert config.model_uri is not None
+        reference = ModelReference.parse(config.model_uri)
+        registry = _registry_for(self.policy, self.stack.openbao, address)
+        if f"{reference.name}/{registry.version_of(reference)}" == self.stack.card.revision:
+            return False
+        card = checkout_from_registry(config, self.policy, self.stack.openbao, address)
+        serve.run(build_app(config, self.policy, card, self.stack.openbao.access), name=APP_NAME, route_prefix="/")
+        previous, self.stack.card = self.stack.card.revision, card
+        self.stack.audit.append(
+            "admin",
+            action="model.rollout",
+            principal=_operator(),
+            model=card.id,
+            revision=card.revision,
+            previous=previous,
+        )
+        self.announce(f"{config.model_uri} moved: now serving {card.revision} (was {previous})")
+        return True
+
+    def _follow(self) -> None:
+        from serving.registry import RegistryUnavailable, ServingRefused
+
+        assert self.stack.config.follow_seconds is not None
+        while not self._stopped.wait(self.stack.config.follow_seconds):
+            try:
+                self.check_once()
+                self._last_problem = ""
+            except (ValueError, RuntimeError, RegistryUnavailable, ServingRefused, OpenBaoUnavailable) as error:
+                if str(error) != self._last_problem:
+                    self._last_problem = str(error)
+                    self.announce(f"still serving {self.stack.card.revision}: {error}")
 
 
 def register_tiny_model(address: str, policy: ResidencyPolicy, openbao: AccessSetup, card: ModelCard) -> None:

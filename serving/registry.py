@@ -408,6 +408,10 @@ class Registry:
             for v in sorted(versions, key=lambda v: int(v.version), reverse=True)
         ]
 
+    def version_of(self, reference: ModelReference) -> str:
+        """The version the alias points at now."""
+        return str(self._by_alias(reference).version)
+
     def has_model(self, name: str) -> bool:
         return self._find_model(name) is not None
 
@@ -424,15 +428,7 @@ class Registry:
 
         Refuses a version without a valid approval for that alias, and any file whose SHA-256 differs.
         """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            model_version = self.client.get_model_version_by_alias(reference.name, reference.alias)
-        except MlflowException:
-            raise RegistryError(
-                f"{reference}: model `{reference.name}` has no alias `{reference.alias}`; "
-                f"`sovereign registry status {reference.name}` shows its versions and aliases"
-            ) from None
+        model_version = self._by_alias(reference)
         version = str(model_version.version)
         manifest_digest = self._approved_manifest(model_version, reference)
         manifest = self._manifest(model_version, manifest_digest)
@@ -482,6 +478,17 @@ class Registry:
             self.client.create_experiment(EXPERIMENT, tags={"sovereign.purpose": "model registrations"})
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
         return experiment
+
+    def _by_alias(self, reference: ModelReference) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(reference.name, reference.alias)
+        except MlflowException:
+            raise RegistryError(
+                f"{reference}: model `{reference.name}` has no alias `{reference.alias}`; "
+                f"`sovereign registry status {reference.name}` shows its versions and aliases"
+            ) from None
 
     def _find_model(self, name: str) -> Any:
         from mlflow.exceptions import MlflowException

@@ -80,7 +80,8 @@ def main(
         "Examples:\n\n"
         "  [bold]sovereign up[/bold]  serve the tiny built-in A.X K1 model on http://127.0.0.1:8000\n\n"
         "  [bold]sovereign up --model /data/A.X-K1 --port 9000[/bold]  serve a local HF checkpoint\n\n"
-        "  [bold]sovereign up --model models:/axk1@production[/bold]  serve the version promoted in the registry\n\n"
+        "  [bold]sovereign up --model models:/axk1@production --follow[/bold]  serve the promoted version, and roll "
+        "out the next one promoted\n\n"
         "  [bold]sovereign up --policy my-policy.yaml --site kr-seoul-1[/bold]  run as a policy site\n\n"
         "  [bold]sovereign up --upstream kanana=https://llm.sovereign.kr/v1[/bold]  also relay an in-country model"
     )
@@ -160,6 +161,15 @@ def up(
             show_default=False,
         ),
     ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow/--no-follow",
+            help="With --model models:/NAME@ALIAS: roll out each version later promoted to the alias, once it is "
+            "verified; the running version serves until the new one is ready.",
+        ),
+    ] = False,
+    follow_seconds: Annotated[float, typer.Option(min=1, help="How often --follow checks the alias.")] = 30.0,
 ) -> None:
     """Start the whole stack on this machine: OpenBao, the model registry, Ray, Ray Serve and the OpenAI API.
 
@@ -196,6 +206,7 @@ def up(
             model_uri=model if from_registry else None,
             registry_port=registry_port if registry and registry_uri is None else None,
             registry_uri=registry_uri,
+            follow_seconds=follow_seconds if follow else None,
             served_model_name=served_model_name,
             site=site,
             host=host,
@@ -245,7 +256,7 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
 
     try:
         with console.status("Starting…") as status:
-            stack = start_stack(config, residency, step)
+            stack = start_stack(config, residency, step, _announce)
             step("")
     except CheckpointError as error:
         fail(str(error), "point --model at a local checkpoint directory, or omit it for the tiny model")
@@ -270,6 +281,11 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
     except ValueError as error:
         fail(str(error))
     return stack
+
+
+def _announce(event: str) -> None:
+    """What happens after start-up (rollouts, or why one was not done), with the time."""
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {escape(event)}", highlight=False, soft_wrap=True)
 
 
 def _print_ready(stack: RunningStack, residency: ResidencyPolicy, elapsed: float) -> None:

@@ -216,6 +216,7 @@ def test_health_reports_model_site_and_policy(http: httpx.Client, default_policy
     assert response.json() == {
         "status": "ok",
         "model": MODEL,
+        "revision": None,
         "site": "local",
         "policy": {"name": "kr-default", "jurisdiction": "KR", "sha256": default_policy.digest()},
     }

@@ -16,7 +16,7 @@ from serving.launcher import free_port
 from serving.registry import Registry
 from serving.registry_server import RegistryServer
 from sovereign.cli import app
-from tests.conftest import running_registry
+from tests.conftest import all_records, running_registry
 from tests.test_up import sovereign_up
 
 runner = CliRunner()
@@ -35,7 +35,7 @@ def _up(reference: str, registry_server: RegistryServer, openbao: BaoServer) -> 
     return runner.invoke(app, [*arguments, "--port", str(free_port())])
 
 
-def test_serves_the_promoted_version_and_outlives_the_registry(
+def test_serves_the_promoted_version_follows_the_alias_and_outlives_the_registry(
     own_registry: RegistryServer,
     default_policy: ResidencyPolicy,
     signer: object,
@@ -44,27 +44,55 @@ def test_serves_the_promoted_version_and_outlives_the_registry(
     tiny_checkpoint: Path,
     openbao: BaoServer,
     make_key: Callable[..., str],
+    state_dir: Path,
 ) -> None:
     registry = Registry(own_registry.address, default_policy, signer)
-    version = registry.register(tiny_checkpoint, "axk1-served", person()[0], [])
-    registry.promote("axk1-served", version, "production", person()[0], "SEC-200", audit)
+    engineer, officer = person()[0], person()[0]
+    first = registry.register(tiny_checkpoint, "axk1-served", engineer, [])
+    registry.promote("axk1-served", first, "production", officer, "SEC-200", audit)
     port = free_port()
     options = ["--registry-uri", own_registry.address, "--vault-addr", openbao.address, "--port", str(port)]
-    with sovereign_up("--model", "models:/axk1-served@production", *options) as (process, output):
+    follow = ["--follow", "--follow-seconds", "1"]
+    with sovereign_up("--model", "models:/axk1-served@production", *options, *follow) as (process, output):
         text = "\n".join(output.lines)
         assert "Fetching models:/axk1-served@production and verifying its checksums" in text
         assert "Serving axk1-served" in text
         assert f"Registry UI  {own_registry.address}" in text
-        base = f"http://127.0.0.1:{port}/v1"
+        base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {make_key()}"}
         body = {"model": "axk1-served", "messages": [{"role": "user", "content": "안녕"}], "max_tokens": 4}
-        assert [m["id"] for m in httpx.get(f"{base}/models", headers=headers).json()["data"]] == ["axk1-served"]
-        assert httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60).status_code == 200
+
+        def chat() -> int:
+            return httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers, timeout=60).status_code
+
+        def revision() -> str:
+            return httpx.get(f"{base}/healthz").json()["revision"]
+
+        models = httpx.get(f"{base}/v1/models", headers=headers).json()["data"]
+        assert [m["id"] for m in models] == ["axk1-served"]
+        assert revision() == f"axk1-served/{first}"
+        assert chat() == 200
+
+        # An alias set in MLflow directly is not rolled out; the running version keeps serving.
+        unapproved = registry.register(tiny_checkpoint, "axk1-served", engineer, [])
+        registry.client.set_registered_model_alias("axk1-served", "production", unapproved)
+        output.wait_for(f"still serving axk1-served/{first}: models:/axk1-served@production points at", timeout=60)
+        assert revision() == f"axk1-served/{first}"
+
+        # A promoted version is verified, then rolled out.
+        second = registry.register(tiny_checkpoint, "axk1-served", engineer, [])
+        registry.promote("axk1-served", second, "production", officer, "SEC-201", audit)
+        output.wait_for(f"now serving axk1-served/{second} (was axk1-served/{first})", timeout=120)
+        assert revision() == f"axk1-served/{second}"
+        assert chat() == 200
+        (rollout,) = [r for r in all_records(state_dir) if r.get("action") == "model.rollout"]
+        assert (rollout["revision"], rollout["previous"]) == (f"axk1-served/{second}", f"axk1-served/{first}")
+
         own_registry.stop()
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{own_registry.address}/health")
-        after = httpx.post(f"{base}/chat/completions", json=body, headers=headers, timeout=60)
-        assert after.status_code == 200, "the loaded version keeps serving without the registry"
+        output.wait_for(f"still serving axk1-served/{second}: the model registry at", timeout=60)
+        assert chat() == 200, "the loaded version keeps serving without the registry"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
 
@@ -99,3 +127,6 @@ def test_up_with_a_malformed_registry_reference() -> None:
     needs_registry = runner.invoke(app, ["up", "--model", "models:/axk1@production", "--no-registry"])
     assert needs_registry.exit_code == 1
     assert "--model: a models:/ reference needs a registry" in needs_registry.stderr
+    nothing_to_follow = runner.invoke(app, ["up", "--follow", "--no-registry"])
+    assert nothing_to_follow.exit_code == 1
+    assert "--follow: only a models:/NAME@ALIAS reference can be followed" in nothing_to_follow.stderr
