@@ -346,14 +346,12 @@ class AliasFollower:
         return True
 
     def _follow(self) -> None:
-        from serving.registry import RegistryUnavailable, ServingRefused
-
         assert self.stack.config.follow_seconds is not None
         while not self._stopped.wait(self.stack.config.follow_seconds):
             try:
                 self.check_once()
                 self._last_problem = ""
-            except (ValueError, RuntimeError, RegistryUnavailable, ServingRefused, OpenBaoUnavailable) as error:
+            except Exception as error:  # one failed check (registry, OpenBao, Serve) must not end the following
                 if str(error) != self._last_problem:
                     self._last_problem = str(error)
                     self.announce(f"still serving {self.stack.card.revision}: {error}")
