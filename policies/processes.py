@@ -10,11 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a server with its output appended to `log_path`, which error messages then name."""
+def spawn(command: list[str], log_path: Path, environment: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a server with its output appended to `log_path`, which error messages then name.
+
+    `environment` adds to this process's environment for the server only.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(environment or {})},
+        )
 
 
 def wait_until_ready(

@@ -55,10 +55,12 @@ LINEAGE_PATH = "lineage"
 CHUNK_BYTES = 4 * 1024 * 1024
 REFERENCE_PREFIX = "models:/"
 
-# MLflow would otherwise retry an unreachable server for minutes and print run URLs on stdout.
+# MLflow would otherwise retry an unreachable server for minutes and print run URLs on stdout, and its
+# client reports usage to MLflow's servers abroad: nothing may phone home from a sovereign installation.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
 class Tag:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from typer.testing import CliRunner
 
@@ -136,6 +138,16 @@ def test_register_records_residency_checksums_lineage_and_who(
     assert tags[Tag.REGISTRATION_SIGNATURE].startswith("vault:v1:")
     description = registry.client.get_model_version(name, version).description
     assert "**Residency:** artifacts on site `local`" in description
+
+
+def test_neither_the_registry_nor_its_client_phones_home(registry_server: RegistryServer, registry: Registry) -> None:
+    """MLflow's AI Gateway (a route to foreign model APIs) is off on the server; client telemetry is off."""
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    info = requests.get(f"{registry_server.address}/api/3.0/mlflow/server-info", timeout=10).json()
+    assert info["features_enabled"]["gateway"] is False
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert is_telemetry_disabled()
 
 
 def test_register_refuses_a_store_outside_the_jurisdiction(
