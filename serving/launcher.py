@@ -203,7 +203,8 @@ def start_stack(
             step(f"Fetching {config.model_uri} and verifying its checksums")
             if registry is not None:
                 registry.wait_ready()
-            card = checkout_from_registry(config, policy, openbao, config.registry_uri or _address(registry))
+            address = config.registry_uri or _address(registry)
+            card = checkout_from_registry(config, _registry_for(policy, openbao, address))
         app = build_app(config, policy, card, openbao.access)
     except BaseException:
         if registry is not None:
@@ -286,17 +287,15 @@ def _registry_for(policy: ResidencyPolicy, openbao: AccessSetup, address: str) -
     return Registry(address, policy, TransitSigner(openbao.operator_client(), key=APPROVAL_KEY))
 
 
-def checkout_from_registry(
-    config: ServingConfig, policy: ResidencyPolicy, openbao: AccessSetup, address: str
-) -> ModelCard:
+def checkout_from_registry(config: ServingConfig, registry: Registry) -> ModelCard:
     """Resolve `models:/NAME@ALIAS`, check its approval, download it and verify every file before it loads."""
     from serving.registry import ModelReference
 
     assert config.model_uri is not None
     reference = ModelReference.parse(config.model_uri)
-    checkout = _registry_for(policy, openbao, address).checkout(reference, config.cache_dir or default_cache_dir())
+    checkout = registry.checkout(reference, config.cache_dir or default_cache_dir())
     card = inspect_checkpoint(checkout.path, config.served_model_name or reference.name)
-    return dataclasses.replace(card, revision=f"{checkout.name}/{checkout.version}")
+    return dataclasses.replace(card, revision=checkout.revision)
 
 
 class AliasFollower:
@@ -323,15 +322,15 @@ class AliasFollower:
         """Roll out the alias's version if it changed; True when it did."""
         from ray import serve
 
-        from serving.registry import ModelReference
+        from serving.registry import ModelReference, revision_of
 
-        config, address = self.stack.config, self.stack.registry_uri or ""
+        config = self.stack.config
         assert config.model_uri is not None
         reference = ModelReference.parse(config.model_uri)
-        registry = _registry_for(self.policy, self.stack.openbao, address)
-        if f"{reference.name}/{registry.version_of(reference)}" == self.stack.card.revision:
+        registry = _registry_for(self.policy, self.stack.openbao, self.stack.registry_uri or "")
+        if revision_of(reference.name, registry.version_of(reference)) == self.stack.card.revision:
             return False
-        card = checkout_from_registry(config, self.policy, self.stack.openbao, address)
+        card = checkout_from_registry(config, registry)
         serve.run(build_app(config, self.policy, card, self.stack.openbao.access), name=APP_NAME, route_prefix="/")
         previous, self.stack.card = self.stack.card.revision, card
         self.stack.audit.append(

@@ -143,6 +143,16 @@ class Registrant:
     def id(self) -> str:
         return principal_id(self.principal)
 
+    @property
+    def tag(self) -> str:
+        """As `registered_by` and `approved_by` show it: `acme/key:0123… (alice)`."""
+        return self.id + (f" ({self.label})" if self.label else "")
+
+
+def _tagged_principal(tag: str) -> str:
+    """The principal id of a `Registrant.tag` value, which is what the signatures cover."""
+    return tag.split(" (")[0]
+
 
 @dataclass
 class VersionStatus:
@@ -160,6 +170,15 @@ class Checkout:
     name: str
     version: str
     manifest_sha256: str
+
+    @property
+    def revision(self) -> str:
+        return revision_of(self.name, self.version)
+
+
+def revision_of(name: str, version: str) -> str:
+    """How a served registry version is named in /healthz and the audit log: `NAME/VERSION`."""
+    return f"{name}/{version}"
 
 
 Progress = Callable[[int], None]
@@ -265,7 +284,7 @@ class Registry:
             Tag.BYTES: str(manifest.total_bytes),
             Tag.LICENSE: license_name or "unspecified",
             Tag.DATASETS: "undeclared" if datasets is None else json.dumps([d.as_json() for d in datasets]),
-            Tag.REGISTERED_BY: registrant.id + (f" ({registrant.label})" if registrant.label else ""),
+            Tag.REGISTERED_BY: registrant.tag,
             Tag.REGISTERED_AT: now,
             **({Tag.BASE: base_version} if base_version else {}),
         }
@@ -350,7 +369,7 @@ class Registry:
             raise PromotionRefused(name, version, results)
         approval = Approval(name, version, alias, manifest_digest, approver.id, now, ticket, self.policy.digest())
         approval_tags = {
-            Tag.APPROVED_BY: approver.id + (f" ({approver.label})" if approver.label else ""),
+            Tag.APPROVED_BY: approver.tag,
             Tag.APPROVED_AT: now,
             Tag.TICKET: ticket,
             Tag.APPROVAL_ALIAS: alias,
@@ -540,7 +559,7 @@ class Registry:
         """The signed registration record, or None when it is missing or does not verify."""
         tags = dict(model_version.tags)
         signature = tags.get(Tag.REGISTRATION_SIGNATURE)
-        registered_by = tags.get(Tag.REGISTERED_BY, "").split(" (")[0]
+        registered_by = _tagged_principal(tags.get(Tag.REGISTERED_BY, ""))
         if not signature or not registered_by:
             return None
         registration = Registration(
@@ -571,7 +590,7 @@ class Registry:
             version,
             reference.alias,
             registration.manifest_sha256,
-            tags.get(Tag.APPROVED_BY, "").split(" (")[0],
+            _tagged_principal(tags.get(Tag.APPROVED_BY, "")),
             tags.get(Tag.APPROVED_AT, ""),
             tags.get(Tag.TICKET, ""),
             tags.get(Tag.APPROVAL_POLICY, ""),
