@@ -121,18 +121,6 @@ def read_chunks(path: Path, size: int = CHUNK_BYTES) -> Iterable[bytes]:
             yield chunk
 
 
-def build_manifest(directory: Path, on_progress: Callable[[int], None] = lambda _: None) -> Manifest:
-    """Hash every file of the checkpoint, reporting bytes read as they are hashed."""
-    return Manifest(
-        {
-            path.relative_to(directory).as_posix(): FileEntry(
-                sha256_stream(read_chunks(path), on_progress), path.stat().st_size
-            )
-            for path in checkpoint_files(directory)
-        }
-    )
-
-
 def verify_directory(
     directory: Path, manifest: Manifest, on_progress: Callable[[int], None] = lambda _: None
 ) -> list[str]:

@@ -189,3 +189,15 @@ def publish(registry: object, person: Callable, audit: object, tiny_checkpoint: 
         return version
 
     return make
+
+
+def manifest_of(directory: Path) -> object:
+    """The checksum manifest of a local checkpoint, computed apart from the registry's upload path."""
+    from policies.registry import FileEntry, Manifest, checkpoint_files, read_chunks, sha256_stream
+
+    return Manifest(
+        {
+            path.relative_to(directory).as_posix(): FileEntry(sha256_stream(read_chunks(path)), path.stat().st_size)
+            for path in checkpoint_files(directory)
+        }
+    )

@@ -19,7 +19,7 @@ from monitoring import catalogue
 from policies import PolicyEvaluator, ResidencyPolicy, parse_policy
 from policies.audit import AuditLog
 from policies.openbao import TransitSigner
-from policies.registry import Gate, RegistryError, build_manifest, dataset_from_report
+from policies.registry import Gate, RegistryError, dataset_from_report
 from policies.scan import scan
 from serving.checkpoint import CheckpointError
 from serving.registry import (
@@ -32,7 +32,7 @@ from serving.registry import (
     Tag,
 )
 from serving.registry_server import RegistryServer
-from tests.conftest import all_records
+from tests.conftest import all_records, manifest_of
 from tests.pii_samples import registration_number
 
 runner = CliRunner()
@@ -119,7 +119,7 @@ def test_register_records_residency_checksums_lineage_and_who(
     base_name, base_version = register(datasets=[])
     name, version = register(base=f"{base_name}/{base_version}", license_name="apache-2.0")
     tags = registry.client.get_model_version(name, version).tags
-    manifest = build_manifest(tiny_checkpoint)
+    manifest = manifest_of(tiny_checkpoint)
     assert tags[Tag.MANIFEST] == manifest.digest()
     assert tags[Tag.FILES] == str(len(manifest.files))
     assert tags[Tag.BYTES] == str(manifest.total_bytes)

@@ -19,13 +19,13 @@ from policies.registry import (
     RegistryError,
     VersionFacts,
     artifact_store_for,
-    build_manifest,
     check_store,
     dataset_from_report,
     evaluate_gates,
     parse_dataset_option,
     verify_directory,
 )
+from tests.conftest import manifest_of
 
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")
 
@@ -140,7 +140,7 @@ def test_a_store_on_an_unknown_site_is_a_policy_error() -> None:
 
 
 def test_manifest_names_each_difference(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    manifest = build_manifest(tiny_checkpoint)
+    manifest = manifest_of(tiny_checkpoint)
     assert set(manifest.files) == {p.name for p in tiny_checkpoint.iterdir()}
     assert Manifest.from_json(manifest.to_json(), "m") == manifest
     copy = tmp_path / "copy"
