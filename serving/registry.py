@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -160,6 +161,17 @@ class VersionStatus:
     aliases: list[str]
     tags: dict[str, str]
     gates: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ApprovedVersion:
+    """A version an alias points at whose approval for that alias verifies."""
+
+    reference: ModelReference
+    version: str
+    manifest_sha256: str
+    parameters_total: int
+    parameters_active: int
 
 
 @dataclass(frozen=True)
@@ -432,6 +444,24 @@ class Registry:
     def version_of(self, reference: ModelReference) -> str:
         """The version the alias points at now."""
         return str(self._by_alias(reference).version)
+
+    def resolve(self, reference: ModelReference) -> ApprovedVersion:
+        """The version the alias points at, once its signed approval for that alias verifies; nothing is downloaded.
+
+        Raises ServingRefused (never approved for the alias, or altered), RegistryError (no such alias)
+        or RegistryUnavailable.
+        """
+        self._require_reachable()
+        model_version = self._by_alias(reference)
+        manifest_digest = self._approved_manifest(model_version, reference)
+        tags = dict(model_version.tags)
+        return ApprovedVersion(
+            reference=reference,
+            version=str(model_version.version),
+            manifest_sha256=manifest_digest,
+            parameters_total=_count_tag(tags.get(Tag.PARAMETERS_TOTAL, "")),
+            parameters_active=_count_tag(tags.get(Tag.PARAMETERS_ACTIVE, "")),
+        )
 
     def has_model(self, name: str) -> bool:
         return self._find_model(name) is not None
@@ -780,6 +810,12 @@ def _datasets(tags: dict[str, str]) -> list[Dataset] | None:
         return [Dataset.from_json(item) for item in json.loads(raw)]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _count_tag(value: str) -> int:
+    """`519.0B (519,000,000,000)` → 519000000000; 0 when the tag is missing or malformed."""
+    match = re.search(r"\(([\d,]+)\)", value)
+    return int(match.group(1).replace(",", "")) if match else 0
 
 
 def _json_tag(tags: dict[str, str], key: str, default: Any) -> Any:

@@ -337,6 +337,46 @@ def verify(
 
 
 @registry_app.command()
+def checkout(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    alias: Annotated[str, typer.Option(help="The alias to fetch; only a version approved for it is fetched.")] = (
+        "production"
+    ),
+    expect_version: Annotated[
+        str | None,
+        typer.Option(help="Refuse unless the alias points at this version (the one the operator rolled out)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="SOVEREIGN_CACHE_DIR", help="Where the files go: CACHE_DIR/registry/NAME/VERSION."),
+    ] = None,
+    policy: PolicyFile = None,
+    registry_uri: RegistryUri = None,
+    vault_addr: VaultAddr = None,
+) -> None:
+    """Fetch the version an alias points at, checking its signed approval and every file's SHA-256.
+
+    This is the serving pods' init step on Kubernetes: `ModelDeployment` workers run it before Ray
+    starts. A local copy that is already complete is checked and kept.
+    """
+    from serving.registry import ModelReference
+    from serving.tiny_model import default_cache_dir
+
+    residency = load_policy_option(policy)
+    reference = ModelReference(name, alias)
+    with _registry(registry_uri, vault_addr, residency, None) as (registry, _):
+        approved = registry.resolve(reference)
+        if expect_version is not None and approved.version != expect_version:
+            fail(
+                f"{reference} now points at version {approved.version}, not {expect_version}",
+                "the operator rolls out the new version next; nothing to do here",
+            )
+        with _transfer(f"Fetching {name} v{approved.version}") as callbacks:
+            fetched = registry.checkout(reference, cache_dir or default_cache_dir(), **callbacks)
+    console.print(f"[green]Verified:[/green] {escape(str(reference))} version {fetched.version} in {fetched.path}")
+
+
+@registry_app.command()
 def status(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

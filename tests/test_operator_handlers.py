@@ -1,0 +1,267 @@
+"""The kopf handlers and the admission webhook, called directly as kopf would call them, with the
+real MLflow registry and OpenBao behind the resolver. Only the API server is replaced: by an
+in-memory `Cluster`, since no kube-apiserver runs here. Events go through kopf's own posting queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import kopf
+import pytest
+from kopf._core.engines import posting
+
+from operators import handlers
+from operators.cluster import OWNED_KINDS, object_key
+from operators.reconcile import Settings
+from policies import ResidencyPolicy, load_default_policy
+from policies.loader import default_policy_path
+from sovereign.operator_cli import RegistryResolver
+
+
+class InMemoryCluster:
+    """Holds applied objects by (namespace, kind, name); what a server-side apply would leave."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def apply(self, obj: Mapping[str, Any]) -> None:
+        kind, name = object_key(obj)
+        self.objects[(obj["metadata"]["namespace"], kind, name)] = dict(obj)
+
+    def delete_unwanted(self, namespace: str, labels: Mapping[str, str], wanted: set[tuple[str, str]]) -> list[str]:
+        owned = {kind for _, kind in OWNED_KINDS}
+        doomed = [
+            key
+            for key, obj in self.objects.items()
+            if key[0] == namespace
+            and key[1] in owned
+            and labels.items() <= obj["metadata"]["labels"].items()
+            and key[1:] not in wanted
+        ]
+        for key in doomed:
+            del self.objects[key]
+        return [f"{kind}/{name}" for _, kind, name in doomed]
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return self.objects.get((namespace, kind, name))
+
+    def kinds(self, namespace: str) -> list[tuple[str, str]]:
+        return sorted(key[1:] for key in self.objects if key[0] == namespace)
+
+
+@pytest.fixture
+def events() -> Iterator[asyncio.Queue]:
+    """kopf's event queue, as the running operator sets it up; handlers post into it."""
+    queue: asyncio.Queue = asyncio.Queue()
+    tokens = [
+        posting.settings_var.set(kopf.OperatorSettings()),
+        posting.event_queue_var.set(queue),
+        posting.event_queue_loop_var.set(None),
+    ]
+    yield queue
+    for var, token in zip(
+        (posting.settings_var, posting.event_queue_var, posting.event_queue_loop_var), tokens, strict=True
+    ):
+        var.reset(token)
+
+
+def posted(queue: asyncio.Queue) -> list[tuple[str, str, str]]:
+    drained = []
+    while not queue.empty():
+        event = queue.get_nowait()
+        drained.append((event.type, event.reason, event.message))
+    return drained
+
+
+@pytest.fixture
+def memo(registry: Any, default_policy: ResidencyPolicy) -> kopf.Memo:
+    return kopf.Memo(
+        cluster=InMemoryCluster(),
+        resolver=RegistryResolver(lambda: registry),
+        settings=Settings(gpu_budget=4),
+        policies={"kr-default": default_policy},
+    )
+
+
+def model_deployment(model: str, generation: int = 1, status: dict | None = None, **spec: Any) -> kopf.Body:
+    return kopf.Body(
+        {
+            "apiVersion": "sovereign-stack.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "student", "namespace": "models", "uid": "uid-7", "generation": generation},
+            "spec": {"model": model, "tenants": ["acme"], "gpu": {"type": "L4-24GB", "perNode": 1}, **spec},
+            "status": status or {},
+        }
+    )
+
+
+def test_create_applies_the_objects_and_writes_status_and_events(
+    memo: kopf.Memo, events: asyncio.Queue, publish: Callable[[str], str]
+) -> None:
+    version = publish("k8s-create")
+    patch = kopf.Patch()
+    handlers.reconcile_model_deployment(body=model_deployment("models:/k8s-create@production"), patch=patch, memo=memo)
+
+    assert memo.cluster.kinds("models") == [
+        ("NetworkPolicy", "student-egress"),
+        ("PodDisruptionBudget", "student"),
+        ("RayService", "student"),
+        ("ServiceMonitor", "student"),
+    ]
+    status = patch["status"]
+    assert status["modelVersion"] == version
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "False",
+        "PolicyCompliant": "True",
+        "ModelResolved": "True",
+    }
+    assert posted(events) == [("Normal", "RollingOut", f"serving k8s-create version {version}")]
+
+
+def test_the_timer_follows_a_promotion_and_delete_cleans_up(
+    memo: kopf.Memo, events: asyncio.Queue, publish: Callable[[str], str]
+) -> None:
+    first = publish("k8s-follow")
+    patch = kopf.Patch()
+    handlers.reconcile_model_deployment(body=model_deployment("models:/k8s-follow@production"), patch=patch, memo=memo)
+    memo.cluster.objects[("models", "RayService", "student")]["status"] = {
+        "conditions": [{"type": "Ready", "status": "True"}]
+    }
+    second = publish("k8s-follow")
+    assert second != first
+    posted(events)
+
+    followed = kopf.Patch()
+    handlers.follow_alias(
+        body=model_deployment("models:/k8s-follow@production", status=dict(patch["status"])), patch=followed, memo=memo
+    )
+    assert followed["status"]["modelVersion"] == second
+    ray_service = memo.cluster.objects[("models", "RayService", "student")]
+    assert ray_service["metadata"]["labels"]["sovereign-stack.io/model-version"] == second
+    assert posted(events) == [("Normal", "RollingOut", f"serving k8s-follow version {second} (was {first})")]
+
+    handlers.clean_up(body=model_deployment("models:/k8s-follow@production"), memo=memo)
+    assert memo.cluster.kinds("models") == []
+    ((kind, reason, message),) = posted(events)
+    assert (kind, reason) == ("Normal", "CleanedUp")
+    assert "RayService/student" in message
+    assert "NetworkPolicy/student-egress" in message
+
+
+def test_an_invalid_spec_is_a_permanent_error_naming_the_field(memo: kopf.Memo, events: asyncio.Queue) -> None:
+    with pytest.raises(kopf.PermanentError, match=r"spec.replicas: Input should be greater than or equal to 0"):
+        handlers.reconcile_model_deployment(
+            body=model_deployment("models:/x@production", replicas=-1), patch=kopf.Patch(), memo=memo
+        )
+    assert posted(events)[0][:2] == ("Warning", "InvalidSpec")
+
+
+# -- the admission webhook --------------------------------------------------------------------------
+
+
+def admit(memo: kopf.Memo, model: str, **spec: Any) -> list[str]:
+    """Run the validating handler; the warnings it admits with, or AdmissionError."""
+    warnings: list[str] = []
+    body = model_deployment(model, **spec)
+    handlers.admit_model_deployment(spec=body["spec"], memo=memo, warnings=warnings)
+    return warnings
+
+
+def test_the_webhook_admits_an_approved_alias(memo: kopf.Memo, publish: Callable[[str], str]) -> None:
+    publish("k8s-admitted")
+    assert admit(memo, "models:/k8s-admitted@production") == []
+
+
+def test_the_webhook_rejects_an_alias_that_was_never_approved(
+    memo: kopf.Memo, registry: Any, person: Callable, tiny_checkpoint: Any
+) -> None:
+    version = registry.register(tiny_checkpoint, "k8s-unapproved", person()[0], [], license_name="apache-2.0")
+    registry.client.set_registered_model_alias("k8s-unapproved", "production", version)
+    with pytest.raises(kopf.AdmissionError, match=r"spec.model: .*never approved for `production`") as refused:
+        admit(memo, "models:/k8s-unapproved@production")
+    assert refused.value.code == 422
+    with pytest.raises(kopf.AdmissionError, match="has no alias `canary`"):
+        admit(memo, "models:/k8s-unapproved@canary")
+
+
+def test_the_webhook_rejects_sites_outside_the_jurisdiction(memo: kopf.Memo, publish: Callable[[str], str]) -> None:
+    from policies import parse_policy
+
+    publish("k8s-sites")
+    text = (
+        default_policy_path()
+        .read_text(encoding="utf-8")
+        .replace(
+            "  dataClasses:",
+            "    - name: us-east-1\n      kind: cloud-region\n      country: US\n      region: us-east-1\n"
+            "      zones: [{name: us-east-1a}]\n\n  dataClasses:",
+            1,
+        )
+    )
+    memo.policies["kr-default"] = parse_policy(text)
+    with pytest.raises(kopf.AdmissionError, match=r"spec.sites: site `us-east-1`: .*US.* outside .*KR"):
+        admit(memo, "models:/k8s-sites@production", sites=["kr-seoul-1", "us-east-1"])
+    with pytest.raises(kopf.AdmissionError, match="ResidencyPolicy `eu-default` is not installed"):
+        admit(memo, "models:/k8s-sites@production", policyRef="eu-default")
+
+
+def test_the_webhook_rejects_more_gpus_than_the_plan_allows(memo: kopf.Memo, publish: Callable[[str], str]) -> None:
+    publish("k8s-gpus")
+    with pytest.raises(
+        kopf.AdmissionError, match=r"spec.parallelism: TP1 PP1 DP1 EP4 asks for 4 GPUs per replica; .* allows 1"
+    ):
+        admit(memo, "models:/k8s-gpus@production", parallelism={"mode": "explicit", "expert": 4})
+    with pytest.raises(kopf.AdmissionError, match=r"5 replica\(s\) × 1 GPUs = 5 GPUs, over the cluster's budget of 4"):
+        admit(memo, "models:/k8s-gpus@production", autoscaling={"minReplicas": 1, "maxReplicas": 5})
+
+
+def test_the_webhook_rejects_an_invalid_spec_naming_the_field(memo: kopf.Memo) -> None:
+    with pytest.raises(kopf.AdmissionError, match=r"spec.engine: Input should be 'torch' or 'vllm'"):
+        admit(memo, "models:/x@production", engine="sglang")
+
+
+def test_an_unreachable_registry_is_admitted_with_a_warning(registry: Any, default_policy: ResidencyPolicy) -> None:
+    from serving.registry import Registry
+
+    resolver = RegistryResolver(lambda: Registry("http://127.0.0.1:9", default_policy, registry.signer))
+    memo = kopf.Memo(resolver=resolver, settings=Settings(), policies={"kr-default": default_policy})
+    (warning,) = admit(memo, "models:/anything@production")
+    assert warning.startswith("spec.model: not checked, the model registry at http://127.0.0.1:9 is not reachable")
+
+
+# -- ResidencyPolicy ----------------------------------------------------------------------------------
+
+
+def residency_policy(spec: dict[str, Any]) -> kopf.Body:
+    return kopf.Body(
+        {
+            "apiVersion": "sovereign-stack.io/v1alpha1",
+            "kind": "ResidencyPolicy",
+            "metadata": {"name": "kr-default", "generation": 3},
+            "spec": spec,
+        }
+    )
+
+
+def test_a_residency_policy_is_validated_by_the_policies_model(events: asyncio.Queue) -> None:
+    policy = load_default_policy()
+    spec = policy.model_dump(mode="json", by_alias=True, exclude_none=True)["spec"]
+    memo = kopf.Memo(policies={})
+    patch = kopf.Patch()
+    handlers.load_residency_policy(body=residency_policy(spec), name="kr-default", patch=patch, memo=memo)
+    assert memo.policies["kr-default"].spec == policy.spec
+    assert patch["status"]["digest"] == memo.policies["kr-default"].digest()
+    assert patch["status"]["conditions"][0]["status"] == "True"
+    handlers.admit_residency_policy(body=residency_policy(spec))
+
+    broken = {**spec, "sites": [{**spec["sites"][0], "country": "Korea"}]}
+    with pytest.raises(kopf.AdmissionError, match=r"spec.sites\[0\].country: String should match pattern"):
+        handlers.admit_residency_policy(body=residency_policy(broken))
+    rejected = kopf.Patch()
+    handlers.load_residency_policy(body=residency_policy(broken), name="kr-default", patch=rejected, memo=memo)
+    assert "kr-default" not in memo.policies
+    assert rejected["status"]["conditions"][0]["reason"] == "Invalid"
+    assert posted(events)[-1][:2] == ("Warning", "InvalidPolicy")
