@@ -19,7 +19,7 @@ UV_FLAGS    := $(foreach link,$(FIND_LINKS),--find-links $(link))
 # chromium and fonts-nanum (Korean glyphs): the registry UI test, driven by Playwright.
 SYSTEM_PACKAGES ?= prometheus chromium fonts-nanum
 
-.PHONY: install up test lint system-deps bench clean
+.PHONY: install up test lint charts system-deps bench clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ system-deps:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sovereign chart generate --check
+
+# The CRDs, values.schema.json and the policy-generated objects in charts/, from their Python sources.
+charts: install
+	$(BIN)/sovereign chart generate
 
 test: install system-deps lint
 	$(WRITE_BYTECODE) $(BIN)/pytest $(PYTEST_ARGS)

@@ -91,7 +91,7 @@ class Settings:
     ray_version: str = "2.60.0"
     registry_uri: str = "http://sovereign-stack-mlflow:5000"
     vault_addr: str = "https://openbao.sovereign.kr:8200"
-    vault_role: str = "sovereign-gateway"
+    vault_role: str = "sovereign-serving"
     stack_namespace: str = "sovereign-system"
     gpu_budget: int = 64
     metrics_secret: str = "sovereign-metrics-key"

@@ -49,6 +49,8 @@ CHECKPOINT_KEY = "audit-checkpoints"
 APPROVAL_KEY = "registry-approvals"
 GATEWAY_POLICY = "sovereign-gateway"
 OPERATOR_POLICY = "sovereign-operator"
+# The Kubernetes operator: it only checks that a version was approved before it rolls it out.
+CONTROLLER_POLICY = "sovereign-controller"
 AUDITOR_POLICY = "sovereign-auditor"
 REGISTRY_POLICY = "sovereign-registry"
 
@@ -369,6 +371,9 @@ path "{transit}/sign/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/verify/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/sign/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
 path "{transit}/verify/{CHECKPOINT_KEY}" {{ capabilities = ["update"] }}
+""",
+        CONTROLLER_POLICY: f"""# The Kubernetes operator (`sovereign operator run`): verify registry approvals only.
+path "{transit}/verify/{APPROVAL_KEY}" {{ capabilities = ["update"] }}
 """,
         OPERATOR_POLICY: f"""# Platform operators (`sovereign keys`, `sovereign tenants`): tenants, keys, captures.
 path "{kv}/data/*" {{ capabilities = ["create", "read", "update", "delete"] }}

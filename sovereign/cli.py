@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from serving.launcher import RunningStack
 
 from sovereign.access_cli import keys_app, openbao_app, tenants_app
+from sovereign.chart_cli import chart_app
 from sovereign.operator_cli import operator_app
 from sovereign.output import EXIT_FAILED, EXIT_USAGE, PolicyFile, console, errors, fail, load_policy_option
 from sovereign.registry_cli import registry_app
@@ -60,6 +61,7 @@ app.add_typer(tenants_app, name="tenants")
 app.add_typer(openbao_app, name="openbao")
 app.add_typer(registry_app, name="registry")
 app.add_typer(operator_app, name="operator")
+app.add_typer(chart_app, name="chart")
 
 
 def _print_version(requested: bool) -> None:

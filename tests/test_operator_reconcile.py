@@ -265,7 +265,7 @@ def test_create_gives_the_exact_desired_objects(policy: Any) -> None:
         "--expect-version",
         "3",
     ]
-    assert {"name": "VAULT_K8S_ROLE", "value": "sovereign-gateway"} in fetch["env"]
+    assert {"name": "VAULT_K8S_ROLE", "value": "sovereign-serving"} in fetch["env"]
     for pod in (worker_pod, cluster["headGroupSpec"]["template"]["spec"]):
         for container in pod["containers"] + pod["initContainers"]:
             assert container["image"].startswith("registry.sovereign.kr/")

@@ -198,3 +198,32 @@ def test_without_a_registry_it_says_how_to_reach_one(env: dict[str, str], tmp_pa
     )
     assert unreachable.exit_code == 1
     assert "the model registry at http://127.0.0.1:1 is not reachable" in unreachable.stderr
+
+
+def test_checkout_fetches_the_approved_version_as_serving_pods_do(
+    env: dict[str, str], publish: Callable[[str], str], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    version = publish("cli-checkout")
+    cache = tmp_path / "models"
+    moved = runner.invoke(
+        app,
+        ["registry", "checkout", "cli-checkout", "--expect-version", str(int(version) + 1)],
+        env={**env, "SOVEREIGN_CACHE_DIR": str(cache)},
+    )
+    assert moved.exit_code == 1
+    assert f"now points at version {version}, not {int(version) + 1}" in moved.stderr
+    assert not cache.exists()
+
+    fetched = runner.invoke(
+        app,
+        ["registry", "checkout", "cli-checkout", "--expect-version", version],
+        env={**env, "SOVEREIGN_CACHE_DIR": str(cache)},
+    )
+    assert fetched.exit_code == 0, fetched.output
+    target = cache / "registry" / "cli-checkout" / version
+    assert f"Verified: models:/cli-checkout@production version {version}" in fetched.output
+    assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in tiny_checkpoint.iterdir())
+
+    unknown = runner.invoke(app, ["registry", "checkout", "cli-checkout", "--alias", "canary"], env=env)
+    assert unknown.exit_code == 1
+    assert "has no alias `canary`" in unknown.stderr
