@@ -17,15 +17,8 @@ from pathlib import Path
 import requests
 
 from policies.processes import spawn, stop_process, stop_stale, wait_until_ready
+from policies.registry import REGISTRY_SERVER_ENVIRONMENT
 
-SERVER_ENVIRONMENT = {
-    # One worker and no job runner: about 0.5 GB of memory instead of 2.3 GB, plenty for one machine.
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    # Nothing may phone home, and the registry is no route to foreign model APIs (MLflow's AI Gateway).
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_ENABLE_AI_GATEWAY": "false",
-}
 STARTUP_SECONDS = 90.0
 
 
@@ -86,7 +79,7 @@ def start(
         "--workers",
         "1",
     ]
-    process = spawn(command, directory / "mlflow.log", SERVER_ENVIRONMENT)
+    process = spawn(command, directory / "mlflow.log", REGISTRY_SERVER_ENVIRONMENT)
     pid_file.write_text(str(process.pid))
     display_host = f"[{host}]" if ":" in host else host
     server = RegistryServer(process, f"http://{display_host}:{port}", directory)

@@ -12,6 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from policies import ResidencyPolicy, parse_policy
+from policies.loader import default_policy_path
+
 SHARED_CRDS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "crds"
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -65,3 +68,13 @@ def validate_custom(obj: dict[str, Any], crd: dict[str, Any] | None = None) -> N
     assert crd["spec"]["group"] == group, f"{obj['kind']} is {group}, the CRD serves {crd['spec']['group']}"
     # OpenAPI v3.0 schemas are JSON Schema draft 4 in the parts that matter (boolean exclusiveMinimum).
     jsonschema.Draft4Validator(crd_version_schema(crd, version)).validate(obj)
+
+
+def policy_with_a_foreign_site() -> ResidencyPolicy:
+    """The default policy plus `us-east-1`, a site outside the jurisdiction."""
+    text = default_policy_path().read_text(encoding="utf-8")
+    foreign = (
+        "    - name: us-east-1\n      kind: cloud-region\n      country: US\n      region: us-east-1\n"
+        "      zones: [{name: us-east-1a}]\n\n  dataClasses:"
+    )
+    return parse_policy(text.replace("  dataClasses:", foreign, 1))

@@ -17,8 +17,8 @@ from operators import handlers
 from operators.cluster import OWNED_KINDS, object_key
 from operators.reconcile import Settings
 from policies import ResidencyPolicy, load_default_policy
-from policies.loader import default_policy_path
 from sovereign.operator_cli import RegistryResolver
+from tests.kube import policy_with_a_foreign_site
 
 
 class InMemoryCluster:
@@ -188,20 +188,8 @@ def test_the_webhook_rejects_an_alias_that_was_never_approved(
 
 
 def test_the_webhook_rejects_sites_outside_the_jurisdiction(memo: kopf.Memo, publish: Callable[[str], str]) -> None:
-    from policies import parse_policy
-
     publish("k8s-sites")
-    text = (
-        default_policy_path()
-        .read_text(encoding="utf-8")
-        .replace(
-            "  dataClasses:",
-            "    - name: us-east-1\n      kind: cloud-region\n      country: US\n      region: us-east-1\n"
-            "      zones: [{name: us-east-1a}]\n\n  dataClasses:",
-            1,
-        )
-    )
-    memo.policies["kr-default"] = parse_policy(text)
+    memo.policies["kr-default"] = policy_with_a_foreign_site()
     with pytest.raises(kopf.AdmissionError, match=r"spec.sites: site `us-east-1`: .*US.* outside .*KR"):
         admit(memo, "models:/k8s-sites@production", sites=["kr-seoul-1", "us-east-1"])
     with pytest.raises(kopf.AdmissionError, match="ResidencyPolicy `eu-default` is not installed"):

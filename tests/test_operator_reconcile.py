@@ -25,9 +25,8 @@ from operators.reconcile import (
     reconcile,
 )
 from operators.resources import Engine, GpuRequest, ModelDeploymentSpec, Parallelism, WeightDtype
-from policies import load_default_policy, parse_policy
-from policies.loader import default_policy_path
-from tests.kube import validate_builtin, validate_custom
+from policies import load_default_policy
+from tests.kube import policy_with_a_foreign_site, validate_builtin, validate_custom
 
 AXK1 = ModelSize(parameters_total=519_000_000_000, parameters_active=33_000_000_000)
 NOW = "2026-11-23T10:00:00Z"
@@ -414,17 +413,7 @@ def test_an_unreachable_registry_serves_nothing_new_and_says_so(policy: Any) -> 
 
 
 def test_a_site_outside_the_jurisdiction_or_a_missing_policy_removes_everything(policy: Any) -> None:
-    text = (
-        default_policy_path()
-        .read_text(encoding="utf-8")
-        .replace(
-            "  dataClasses:",
-            "    - name: us-east-1\n      kind: cloud-region\n      country: US\n      region: us-east-1\n"
-            "      zones: [{name: us-east-1a}]\n\n  dataClasses:",
-            1,
-        )
-    )
-    with_foreign_site = parse_policy(text)
+    with_foreign_site = policy_with_a_foreign_site()
     spec = {**VLLM_SPEC, "sites": ["kr-seoul-1", "us-east-1"]}
     outcome = reconcile(
         Deployment.from_body(body(spec)), Observed(with_foreign_site, resolved(), NOW, serving_version="3"), Settings()
