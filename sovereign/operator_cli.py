@@ -140,8 +140,14 @@ def run(
             pkeyfile=str(webhook_cert_dir / "tls.key"),
             cafile=str(webhook_cert_dir / "ca.crt"),
         )
+    from kubernetes.config import ConfigException
+
+    try:
+        cluster = KubernetesCluster()
+    except ConfigException as error:
+        fail(f"no Kubernetes cluster to talk to: {error}", "run it in the cluster, or set KUBECONFIG")
     memo = kopf.Memo(
-        cluster=KubernetesCluster(),
+        cluster=cluster,
         resolver=RegistryResolver(lambda: Registry(registry_uri, registry_policy, signer)),
         settings=settings,
         policies={},

@@ -253,3 +253,23 @@ def test_a_residency_policy_is_validated_by_the_policies_model(events: asyncio.Q
     assert "kr-default" not in memo.policies
     assert rejected["status"]["conditions"][0]["reason"] == "Invalid"
     assert posted(events)[-1][:2] == ("Warning", "InvalidPolicy")
+
+
+def test_operator_run_says_what_is_missing(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from sovereign.cli import app
+
+    runner = CliRunner()
+    environment = {"VAULT_ADDR": "http://127.0.0.1:9", "VAULT_TOKEN": "t", "KUBECONFIG": str(tmp_path / "none")}
+    no_certificate = runner.invoke(
+        app,
+        ["operator", "run", "--webhook-host", "op.svc", "--webhook-cert-dir", str(tmp_path)],
+        env=environment,
+    )
+    assert no_certificate.exit_code == 1
+    assert "tls.crt, tls.key, ca.crt missing" in no_certificate.stderr
+    no_cluster = runner.invoke(app, ["operator", "run"], env=environment)
+    assert no_cluster.exit_code == 1
+    assert "no Kubernetes cluster to talk to" in no_cluster.stderr
+    assert "Traceback" not in no_cluster.output
