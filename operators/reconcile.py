@@ -331,6 +331,7 @@ def serve_application(deployment: Deployment, plan: Plan, version: str, policy: 
             "dtype": "bfloat16",
             "site": chosen_sites(spec, policy)[0].name,
             "policy": policy.model_dump(mode="json", by_alias=True),
+            "tenants": list(spec.tenants),
         },
         "deployments": [{"name": "LLMServer", "autoscaling_config": autoscaling}],
     }

@@ -92,7 +92,14 @@ def tenant_may_use_site(policy: ResidencyPolicy, tenant: Tenant, site_name: str)
     return Decision(Effect.ALLOW, f"{rule}.sites", f"tenant `{tenant.name}` may use site `{site_name}`")
 
 
-def tenant_may_use_model(tenant: Tenant, model: str) -> Decision:
+def tenant_may_use_model(tenant: Tenant, model: str, deployment_tenants: frozenset[str] | None = None) -> Decision:
+    """The tenant record's `models`, and where the model's deployment names its tenants, that list too."""
+    if deployment_tenants is not None and tenant.name not in deployment_tenants:
+        return Decision(
+            Effect.DENY,
+            "modelDeployment.tenants",
+            f"the deployment of `{model}` serves tenants {', '.join(sorted(deployment_tenants))}, not `{tenant.name}`",
+        )
     rule = f"tenants.{tenant.name}.models"
     if ANY_MODEL in tenant.models or model in tenant.models:
         return Decision(Effect.ALLOW, rule, f"tenant `{tenant.name}` may use `{model}`")

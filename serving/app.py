@@ -58,4 +58,5 @@ def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard, a
         config.resolved_state_dir(),
         config.upstreams,
         access,
+        frozenset(config.tenants) if config.tenants is not None else None,
     )

@@ -34,6 +34,7 @@ class ClusterArguments(BaseModel):
     site: str = Field(description="The policy site the pods run on.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("bfloat16", description="Weight dtype.")
     policy: dict[str, Any] = Field(description="The ResidencyPolicy document in force.")
+    tenants: list[str] = Field(min_length=1, description="The only tenants that may call the model.")
 
 
 def build(args: dict[str, Any]) -> Application:
@@ -46,6 +47,7 @@ def build(args: dict[str, Any]) -> Application:
         model_path=arguments.model_path,
         served_model_name=arguments.served_model_name,
         site=arguments.site,
+        tenants=arguments.tenants,
         dtype=arguments.dtype,
         host="0.0.0.0",  # the Serve proxy inside the pod; the NetworkPolicy and Service bound who reaches it
     )

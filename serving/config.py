@@ -67,6 +67,11 @@ class ServingConfig(BaseModel):
         None, description="Model id clients send; defaults to `axk1-tiny` or the checkpoint directory's name."
     )
     site: str = Field("local", description="Policy site this deployment runs on; it must be in-country.")
+    tenants: list[str] | None = Field(
+        None,
+        description="Only these tenants may call the local model (a ModelDeployment's `spec.tenants`); unset: "
+        "every tenant whose record allows it.",
+    )
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -328,8 +328,10 @@ class OpenAIIngress:
         state_dir: Path,
         upstreams: list[Upstream],
         access: AccessConfig,
+        tenants: frozenset[str] | None = None,
     ) -> None:
         self.llm = llm
+        self.tenants = tenants
         self.card = card
         self.site = site
         self.policy = policy
@@ -369,7 +371,7 @@ class OpenAIIngress:
     @api.get("/v1/models")
     async def list_models(self, caller: ModelReader) -> dict[str, Any]:
         models = [self._model_object(), *map(self._upstream_object, self.relays)]
-        allowed = [model for model in models if tenant_may_use_model(caller.tenant, model["id"]).allowed]
+        allowed = [model for model in models if self._may_use(caller, model["id"]).allowed]
         return {"object": "list", "data": allowed}
 
     @api.get("/v1/models/{model_id:path}")
@@ -717,11 +719,15 @@ class OpenAIIngress:
             raise APIError(
                 404, f"The model `{model_id}` does not exist. Available models: {available}.", param, "model_not_found"
             )
-        decision = tenant_may_use_model(caller.tenant, model_id)
+        decision = self._may_use(caller, model_id)
         if not decision.allowed:
             catalogue.ACCESS_REFUSALS.labels(caller.tenant.name, "model").inc()
             raise AccessDenied(403, f"{decision.reason} (rule {decision.rule}).", "model_not_allowed", param=param)
         return self.relays.get(model_id)
+
+    def _may_use(self, caller: Caller, model_id: str) -> Decision:
+        """The tenant's own model list; for the local model also the deployment's tenants, where it names them."""
+        return tenant_may_use_model(caller.tenant, model_id, self.tenants if model_id == self.card.id else None)
 
     def _upstream_object(self, name: str) -> dict[str, Any]:
         destination = self.evaluator.may_send("public", self.relays[name].upstream.url)

@@ -15,6 +15,7 @@ from policies.access import (
     new_api_key,
     parse_api_key,
     secret_matches,
+    tenant_may_use_model,
     tenant_may_use_site,
 )
 from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
@@ -118,6 +119,24 @@ def test_tenant_sites_and_csap_tiers(
 ) -> None:
     decision = tenant_may_use_site(default_policy, tenant, site)
     assert (decision.allowed, decision.rule) == (allowed, rule)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "deployment_tenants", "allowed", "rule"),
+    [
+        (Tenant(name="acme"), None, True, "tenants.acme.models"),
+        (Tenant(name="acme"), frozenset({"acme", "kbank"}), True, "tenants.acme.models"),
+        (Tenant(name="acme"), frozenset({"kbank"}), False, "modelDeployment.tenants"),
+        (Tenant(name="acme", models=["other"]), frozenset({"acme"}), False, "tenants.acme.models"),
+    ],
+)
+def test_a_deployment_narrows_the_tenants_a_model_serves(
+    tenant: Tenant, deployment_tenants: frozenset[str] | None, allowed: bool, rule: str
+) -> None:
+    decision = tenant_may_use_model(tenant, "axk1", deployment_tenants)
+    assert (decision.allowed, decision.rule) == (allowed, rule)
+    if rule == "modelDeployment.tenants":
+        assert decision.reason == "the deployment of `axk1` serves tenants kbank, not `acme`"
 
 
 def test_api_keys_parse_and_match_only_their_hash() -> None:

@@ -273,3 +273,29 @@ def test_operator_run_says_what_is_missing(tmp_path: Any) -> None:
     assert no_cluster.exit_code == 1
     assert "no Kubernetes cluster to talk to" in no_cluster.stderr
     assert "Traceback" not in no_cluster.output
+
+
+def test_the_cluster_builder_serves_the_checkout_to_the_deployments_tenants(
+    openbao: Any, tiny_checkpoint: Any, default_policy: ResidencyPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serving.cluster:build`, as the RayService of a torch ModelDeployment imports it."""
+    from serving.app import ResidencyViolation
+    from serving.cluster import build
+
+    monkeypatch.setenv("VAULT_ADDR", openbao.address)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    arguments = {
+        "model_path": str(tiny_checkpoint),
+        "served_model_name": "student",
+        "revision": "student/2",
+        "site": "kr-seoul-1",
+        "policy": default_policy.model_dump(mode="json", by_alias=True),
+        "tenants": ["acme"],
+    }
+    ingress = build(arguments)._bound_deployment
+    card, site, policy = ingress.init_args[1:4]
+    assert (card.id, card.revision, site) == ("student", "student/2", "kr-seoul-1")
+    assert policy.digest() == default_policy.digest()
+    assert ingress.init_args[-1] == frozenset({"acme"})
+    with pytest.raises(ResidencyViolation, match="refusing to serve on site `us-east-1`"):
+        build({**arguments, "site": "us-east-1"})
