@@ -92,6 +92,7 @@ class Settings:
     registry_uri: str = "http://sovereign-stack-mlflow:5000"
     vault_addr: str = "https://openbao.sovereign.kr:8200"
     vault_role: str = "sovereign-serving"
+    vault_mount: str = "kubernetes"
     stack_namespace: str = "sovereign-system"
     gpu_budget: int = 64
     metrics_secret: str = "sovereign-metrics-key"
@@ -106,6 +107,7 @@ class Settings:
             registry_uri=environment.get("MLFLOW_TRACKING_URI", defaults.registry_uri),
             vault_addr=environment.get("VAULT_ADDR", defaults.vault_addr),
             vault_role=environment.get("SOVEREIGN_SERVING_VAULT_ROLE", defaults.vault_role),
+            vault_mount=environment.get("VAULT_K8S_MOUNT", defaults.vault_mount),
             stack_namespace=environment.get("POD_NAMESPACE", defaults.stack_namespace),
             gpu_budget=int(environment.get("SOVEREIGN_MAX_GPUS", defaults.gpu_budget)),
             metrics_secret=environment.get("SOVEREIGN_METRICS_SECRET", defaults.metrics_secret),
@@ -224,6 +226,7 @@ def _environment(settings: Settings) -> list[dict[str, str]]:
         {"name": "MLFLOW_TRACKING_URI", "value": settings.registry_uri},
         {"name": "VAULT_ADDR", "value": settings.vault_addr},
         {"name": "VAULT_K8S_ROLE", "value": settings.vault_role},
+        {"name": "VAULT_K8S_MOUNT", "value": settings.vault_mount},
         {"name": "SOVEREIGN_CACHE_DIR", "value": MODEL_CACHE},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},

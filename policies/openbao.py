@@ -69,7 +69,8 @@ SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 def connect(address: str, token: str | None = None, timeout: float = 5.0) -> hvac.Client:
     """A client for `address`, with `token`, else $VAULT_TOKEN, else a login.
 
-    Logins: Kubernetes auth when $VAULT_K8S_ROLE is set (the pod's service account token), or
+    Logins: Kubernetes auth when $VAULT_K8S_ROLE is set (the pod's service account token, at the auth
+    mount $VAULT_K8S_MOUNT, default `kubernetes`), or
     AppRole when $VAULT_ROLE_ID is set (with $VAULT_SECRET_ID).
     """
     token = token or os.environ.get("VAULT_TOKEN") or os.environ.get("BAO_TOKEN")
@@ -79,7 +80,9 @@ def connect(address: str, token: str | None = None, timeout: float = 5.0) -> hva
     if k8s_role := os.environ.get("VAULT_K8S_ROLE"):
         jwt_path = Path(os.environ.get("VAULT_K8S_TOKEN_PATH", SERVICE_ACCOUNT_TOKEN))
         with _translated(f"Kubernetes login as `{k8s_role}` at {address}"):
-            client.auth.kubernetes.login(k8s_role, jwt_path.read_text().strip())
+            client.auth.kubernetes.login(
+                k8s_role, jwt_path.read_text().strip(), mount_point=os.environ.get("VAULT_K8S_MOUNT", "kubernetes")
+            )
     elif role_id := os.environ.get("VAULT_ROLE_ID"):
         with _translated(f"AppRole login at {address}"):
             client.auth.approle.login(role_id=role_id, secret_id=os.environ.get("VAULT_SECRET_ID"))

@@ -430,3 +430,12 @@ def test_check_command_fails_on_stale_files(charts_copy: Path) -> None:
     regenerated = runner.invoke(chart_app, ["generate", "--charts-dir", str(charts_copy)])
     assert regenerated.exit_code == 0, regenerated.output
     assert stale_files(load_default_policy(), charts_copy) == []
+
+
+def test_notes_warn_that_host_only_egress_rules_stay_closed() -> None:
+    with helm.Chart.load(STACK) as chart:
+        manifests = chart.render(_values(STACK / "ci" / "minimal-values.yaml"), name=RELEASE, namespace=NAMESPACE)
+    notes = next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+    assert "egress rules registry-mirror,model-store,identity-provider name hosts only" in notes
+    assert "bao write auth/kubernetes/role/sovereign-controller" in notes
+    assert "token_policies=sovereign-controller" in notes

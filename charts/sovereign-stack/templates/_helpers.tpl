@@ -92,6 +92,8 @@ securityContext:
   value: {{ .root.Values.openbao.address | quote }}
 - name: VAULT_K8S_ROLE
   value: {{ .role | quote }}
+- name: VAULT_K8S_MOUNT
+  value: {{ .root.Values.openbao.kubernetesAuth.mountPath | quote }}
 {{- end }}
 
 {{/* A component's ServiceAccount; call with (dict "root" $ "component" "gateway"). */}}
