@@ -259,6 +259,59 @@ ALERTS = [
             Case({'sovereign_registry_promotions_total{result="allowed",gate="none"}': "0 0 1 1 1"}, "3m"),
         ],
     ),
+    Alert(
+        "SovereignModelDeploymentNotCompliant",
+        'max by (namespace, name, condition) (sovereign_model_deployment_condition{condition=~"PolicyCompliant|'
+        'ModelResolved",status="False"}) == 1',
+        "ticket",
+        "A ModelDeployment breaks the residency policy or its alias is not approved",
+        "{{ $labels.namespace }}/{{ $labels.name }}: {{ $labels.condition }} is False, so its new version is not "
+        "served; `kubectl describe modeldeployment` says why.",
+        "model-deployment-not-compliant",
+        [
+            Case(
+                {
+                    'sovereign_model_deployment_condition{namespace="models",name="axk1",condition="ModelResolved",'
+                    'status="False"}': "0 1 1 1"
+                },
+                "2m",
+                [{"namespace": "models", "name": "axk1", "condition": "ModelResolved"}],
+            ),
+            Case(
+                {
+                    'sovereign_model_deployment_condition{namespace="models",name="axk1",condition="PolicyCompliant",'
+                    'status="False"}': "0 0 0 0"
+                },
+                "2m",
+            ),
+        ],
+    ),
+    Alert(
+        "SovereignModelDeploymentNotReady",
+        'max by (namespace, name) (sovereign_model_deployment_condition{condition="Ready",status!="True"}) == 1',
+        "ticket",
+        "A ModelDeployment has not been ready for 15 minutes",
+        "{{ $labels.namespace }}/{{ $labels.name }} is not serving: its RayService is not ready or nothing may run.",
+        "model-deployment-not-ready",
+        [
+            Case(
+                {
+                    'sovereign_model_deployment_condition{namespace="models",name="axk1",condition="Ready",'
+                    'status="False"}': "1x20"
+                },
+                "16m",
+                [{"namespace": "models", "name": "axk1"}],
+            ),
+            Case(
+                {
+                    'sovereign_model_deployment_condition{namespace="models",name="axk1",condition="Ready",'
+                    'status="False"}': "1x10 0x10"
+                },
+                "16m",
+            ),
+        ],
+        hold="15m",
+    ),
 ]
 
 

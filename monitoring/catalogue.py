@@ -201,6 +201,33 @@ REGISTRY_PROMOTIONS = Counter(
     registry=REGISTRY,
 )
 
+# --- Kubernetes operator -------------------------------------------------------------------------
+
+MODEL_DEPLOYMENT_CONDITIONS = ("Ready", "PolicyCompliant", "ModelResolved")
+CONDITION_STATUSES = ("True", "False", "Unknown")
+RECONCILE_OUTCOMES = ("serving", "kept", "not_serving", "invalid")
+OPERATOR_RECONCILIATIONS = Counter(
+    f"{PREFIX}_operator_reconciliations",
+    "ModelDeployment reconciliations by outcome: `serving` (objects applied), `kept` (left as they were: registry "
+    "unreachable or alias not approved), `not_serving` (objects removed), `invalid` (spec refused).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+MODEL_DEPLOYMENT_CONDITION = Gauge(
+    f"{PREFIX}_model_deployment_condition",
+    "1 for the status (True, False, Unknown) each ModelDeployment condition has now, 0 for the others; the "
+    "series go when the deployment is deleted.",
+    ["namespace", "name", "condition", "status"],
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
+ADMISSION_REVIEWS = Counter(
+    f"{PREFIX}_admission_reviews",
+    "Admission reviews the operator's webhook answered, by kind and result (admitted, rejected).",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+
 
 AuthFailureReason = Literal["malformed_credential", "bad_key", "revoked_key", "bad_oidc_token"]
 AUTH_FAILURE_REASONS: tuple[str, ...] = get_args(AuthFailureReason)
@@ -219,6 +246,11 @@ def initialise_series(egress_rules: Sequence[str] = ()) -> None:
     for rule in egress_rules:
         EGRESS_BLOCKED.labels(rule)
     REGISTRY_PROMOTIONS.labels("allowed", "none")
+    for outcome in RECONCILE_OUTCOMES:
+        OPERATOR_RECONCILIATIONS.labels(outcome)
+    for kind in ("ModelDeployment", "ResidencyPolicy"):
+        for result in ("admitted", "rejected"):
+            ADMISSION_REVIEWS.labels(kind, result)
     for gate in PROMOTION_GATES:
         REGISTRY_PROMOTIONS.labels("refused", gate)
 

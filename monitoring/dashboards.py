@@ -227,6 +227,26 @@ REGISTRY = Dashboard(
             ],
             description="Any refusal means someone tried to serve a model that did not pass its gates.",
         ),
+        Panel(
+            "ModelDeployments not ready or not compliant",
+            [
+                (
+                    f'count by (condition) ({_name(c.MODEL_DEPLOYMENT_CONDITION)}{{status!="True"}} == 1) or vector(0)',
+                    "{{condition}} not True",
+                )
+            ],
+            description="Deployments on Kubernetes whose condition is False or Unknown (`kubectl get mdep -A`).",
+        ),
+        Panel(
+            "Admission reviews rejected",
+            [
+                (
+                    f'sum by (kind) (increase({_name(c.ADMISSION_REVIEWS, "_total")}{{result="rejected"}}[1d]))',
+                    "{{kind}}",
+                )
+            ],
+            description="Objects the operator's webhook refused: unapproved aliases, foreign sites, GPUs off plan.",
+        ),
     ],
     [TENANT_VARIABLE],
 )

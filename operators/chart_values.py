@@ -94,6 +94,9 @@ class Operator(_Values):
         "from a self-signed Issuer in the release namespace.",
     )
     health_port: Port = Field(8080, description="Port of the liveness endpoint `/healthz`.")
+    metrics_port: Port = Field(
+        9090, description="Port of the operator's `/metrics` (reconciliations, conditions, admission reviews)."
+    )
     metrics_secret: SecretKey = Field(
         default_factory=lambda: SecretKey(name="sovereign-metrics-key", key="apiKey"),
         description="Secret holding an API key with `metrics.read` (platform tenant): Prometheus sends it to "

@@ -8,12 +8,14 @@ the valid `ResidencyPolicy` documents by name, kept current by the ResidencyPoli
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from monitoring import catalogue
 from operators.admission import field_problems, parse_residency_policy, review_model_deployment, review_residency_policy
 from operators.cluster import object_key, ray_service_ready
 from operators.reconcile import Deployment, Observed, reconcile, selector
@@ -45,6 +47,7 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     except ValidationError as error:
         message = "; ".join(field_problems(error, "spec"))
         kopf.warn(body, reason="InvalidSpec", message=message)
+        catalogue.OPERATOR_RECONCILIATIONS.labels("invalid").inc()
         raise kopf.PermanentError(message) from None
     status = body.get("status") or {}
     ray_service = memo.cluster.get("ray.io/v1", "RayService", deployment.namespace, deployment.name)
@@ -66,6 +69,25 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     patch.status.update(outcome.status)
+    _record(deployment.namespace, deployment.name, outcome.status["conditions"], outcome.objects)
+
+
+def _record(namespace: str, name: str, conditions: list[dict[str, Any]], objects: list[Any] | None) -> None:
+    """The outcome in the metric catalogue: what `kubectl get mdep` shows, for dashboards and alerts."""
+    outcome = "kept" if objects is None else "serving" if objects else "not_serving"
+    catalogue.OPERATOR_RECONCILIATIONS.labels(outcome).inc()
+    current = {condition["type"]: condition["status"] for condition in conditions}
+    for condition in catalogue.MODEL_DEPLOYMENT_CONDITIONS:
+        for status in catalogue.CONDITION_STATUSES:
+            gauge = catalogue.MODEL_DEPLOYMENT_CONDITION.labels(namespace, name, condition, status)
+            gauge.set(1 if current.get(condition) == status else 0)
+
+
+def _forget(namespace: str, name: str) -> None:
+    for condition in catalogue.MODEL_DEPLOYMENT_CONDITIONS:
+        for status in catalogue.CONDITION_STATUSES:
+            with suppress(KeyError):  # never reconciled, so never recorded
+                catalogue.MODEL_DEPLOYMENT_CONDITION.remove(namespace, name, condition, status)
 
 
 @kopf.on.resume(*MODEL_DEPLOYMENTS)
@@ -86,6 +108,7 @@ def clean_up(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Delete what the deployment owned before the finalizer lets it go (not only after, by garbage collection)."""
     metadata = body["metadata"]
     removed = memo.cluster.delete_unwanted(metadata["namespace"], selector(metadata["name"]), set())
+    _forget(metadata["namespace"], metadata["name"])
     kopf.info(body, reason="CleanedUp", message=f"deleted {', '.join(removed) or 'nothing'}")
 
 
@@ -93,14 +116,19 @@ def clean_up(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 def admit_model_deployment(spec: Mapping[str, Any], memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     problems, notes = review_model_deployment(spec, memo.policies, memo.resolver, memo.settings.gpu_budget)
     warnings.extend(notes)
+    _answer("ModelDeployment", problems)
+
+
+def _answer(kind: str, problems: list[str]) -> None:
+    """Count the review, and refuse the object with every reason at once."""
+    catalogue.ADMISSION_REVIEWS.labels(kind, "rejected" if problems else "admitted").inc()
     if problems:
         raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
 @kopf.on.validate(*RESIDENCY_POLICIES, id="residencypolicy-model", operations=["CREATE", "UPDATE"])
 def admit_residency_policy(body: kopf.Body, **_: Any) -> None:
-    if problems := review_residency_policy(body):
-        raise kopf.AdmissionError("; ".join(problems), code=422)
+    _answer("ResidencyPolicy", review_residency_policy(body))
 
 
 @kopf.on.resume(*RESIDENCY_POLICIES)

@@ -102,6 +102,9 @@ def run(
         ),
     ] = Path("/etc/sovereign/webhook-tls"),
     health_port: Annotated[int, typer.Option(help="Port of the liveness endpoint /healthz.")] = 8080,
+    metrics_port: Annotated[
+        int, typer.Option(help="Port of /metrics: reconciliations, ModelDeployment conditions, admission reviews.")
+    ] = 9090,
 ) -> None:
     """Run the operator: reconcile ModelDeployments and ResidencyPolicies, and answer admission reviews.
 
@@ -153,6 +156,12 @@ def run(
         policies={},
         webhook=webhook,
     )
+    from prometheus_client import start_http_server
+
+    from monitoring import catalogue
+
+    catalogue.initialise_series()
+    start_http_server(metrics_port, registry=catalogue.REGISTRY)
     kopf.run(
         clusterwide=not namespace,
         namespaces=namespace or [],

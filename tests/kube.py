@@ -26,12 +26,23 @@ def validate_builtin(obj: dict[str, Any]) -> None:
 
 
 def _json_schema(node: Any) -> Any:
-    """OpenAPI v3 as JSON Schema: `nullable` becomes a null type; `x-kubernetes-*` extensions go."""
+    """A CRD's OpenAPI v3.0 schema as JSON Schema 2020-12: `x-kubernetes-*` dropped, `nullable` as a null
+    type (and value), boolean `exclusiveMinimum`/`exclusiveMaximum` as numbers, Go's mid-pattern flags
+    (`^(?i)`) in front."""
     if isinstance(node, list):
         return [_json_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
     schema = {key: _json_schema(value) for key, value in node.items() if not key.startswith("x-kubernetes-")}
+    if "properties" in node:
+        schema["properties"] = {name: _json_schema(child) for name, child in node["properties"].items()}
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if schema.get(exclusive) is True:
+            schema[exclusive] = schema.pop(bound)
+        elif schema.get(exclusive) is False:
+            del schema[exclusive]
+    if isinstance(schema.get("pattern"), str):
+        schema["pattern"] = schema["pattern"].replace("^(?i)", "(?i)^")
     if schema.pop("nullable", False) and "type" in schema:
         schema["type"] = [schema["type"], "null"]
         if "enum" in schema:
@@ -66,8 +77,7 @@ def validate_custom(obj: dict[str, Any], crd: dict[str, Any] | None = None) -> N
     crd = crd or shared_crd(SHARED_CRD_FILES[obj["kind"]])
     group, _, version = obj["apiVersion"].rpartition("/")
     assert crd["spec"]["group"] == group, f"{obj['kind']} is {group}, the CRD serves {crd['spec']['group']}"
-    # OpenAPI v3.0 schemas are JSON Schema draft 4 in the parts that matter (boolean exclusiveMinimum).
-    jsonschema.Draft4Validator(crd_version_schema(crd, version)).validate(obj)
+    jsonschema.validate(obj, crd_version_schema(crd, version))
 
 
 def policy_with_a_foreign_site() -> ResidencyPolicy:

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import jsonschema
-import kubernetes_validate
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -22,14 +20,13 @@ from operators.crds import custom_resource_definitions
 from operators.resources import ModelDeploymentSpec
 from policies import ResidencyPolicy, load_default_policy
 from sovereign.chart_cli import chart_app
+from tests.kube import validate_builtin, validate_custom
 
 REPO = Path(__file__).resolve().parents[1]
 CHARTS = REPO / "charts"
 STACK = CHARTS / "sovereign-stack"
 CRDS_CHART = CHARTS / "sovereign-stack-crds"
-SHARED_CRDS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "crds"
 VALUES_FILES = sorted((STACK / "ci").glob("*.yaml"))
-KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 NAMESPACE = "tenant-x"
 RELEASE = "sovereign"
 CUSTOM_GROUPS = {"sovereign-stack.io", "monitoring.coreos.com", "cert-manager.io"}
@@ -50,10 +47,6 @@ RECOMMENDED_LABELS = [
     "app.kubernetes.io/managed-by",
     "helm.sh/chart",
 ]
-UPSTREAM_SCHEMAS = {
-    "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
-    "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
-}
 
 values_files = pytest.mark.parametrize("values_file", VALUES_FILES, ids=[path.stem for path in VALUES_FILES])
 
@@ -98,33 +91,6 @@ def _containers(objects: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from pod.get("initContainers", [])
 
 
-def _json_schema(node: Any) -> Any:
-    """An OpenAPI v3.0 schema of a CRD as JSON Schema 2020-12: `x-kubernetes-*` dropped, `nullable` as a null type,
-    boolean `exclusiveMinimum`/`exclusiveMaximum` as numbers, Go's mid-pattern flags (`^(?i)`) in front."""
-    if isinstance(node, list):
-        return [_json_schema(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    schema = {key: _json_schema(value) for key, value in node.items() if not key.startswith("x-kubernetes-")}
-    if "properties" in node:
-        schema["properties"] = {name: _json_schema(child) for name, child in node["properties"].items()}
-    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if schema.get(exclusive) is True:
-            schema[exclusive] = schema.pop(bound)
-        elif schema.get(exclusive) is False:
-            del schema[exclusive]
-    if isinstance(schema.get("pattern"), str):
-        schema["pattern"] = schema["pattern"].replace("^(?i)", "(?i)^")
-    if schema.pop("nullable", False) and "type" in schema:
-        schema["type"] = [schema["type"], "null"]
-    return schema
-
-
-def _crd_schema(crd: dict[str, Any], version: str) -> dict[str, Any]:
-    served = next(entry for entry in crd["spec"]["versions"] if entry["name"] == version)
-    return _json_schema(served["schema"]["openAPIV3Schema"])
-
-
 def _helm_problems(chart_dir: Path, values: dict[str, Any] | None) -> list[str]:
     report = helm.lint(chart_dir, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
     warnings = [f"{message['path']}: {message['error']}" for message in report["messages"] if message["severity"] >= 2]
@@ -141,8 +107,7 @@ def test_crds_chart_lints_strictly() -> None:
 
 
 @values_files
-@pytest.mark.parametrize("version", KUBE_VERSIONS)
-def test_built_in_objects_validate_against_kubernetes(values_file: Path, version: str) -> None:
+def test_built_in_objects_validate_against_kubernetes(values_file: Path) -> None:
     objects = _objects(values_file) + _render(CRDS_CHART, {})
     built_in = [obj for obj in objects if obj["apiVersion"].partition("/")[0] not in CUSTOM_GROUPS]
     assert {obj["kind"] for obj in built_in} >= {
@@ -156,24 +121,22 @@ def test_built_in_objects_validate_against_kubernetes(values_file: Path, version
         "ConfigMap",
     }
     for obj in built_in:
-        kubernetes_validate.validate(obj, version, strict=True)
+        validate_builtin(obj)
 
 
 @values_files
 def test_monitoring_objects_validate_against_prometheus_operator_crds(values_file: Path) -> None:
-    if not SHARED_CRDS.is_dir():
-        pytest.skip(f"upstream CRD schemas not found at {SHARED_CRDS} (the shared folder beside the checkout)")
     objects = _objects(values_file)
-    for kind, file_name in UPSTREAM_SCHEMAS.items():
-        crd = yaml.safe_load((SHARED_CRDS / file_name).read_text())
-        (obj,) = _of_kind(objects, kind)
-        jsonschema.validate(obj, _crd_schema(crd, obj["apiVersion"].partition("/")[2]))
+    monitoring = _of_kind(objects, "ServiceMonitor") + _of_kind(objects, "PrometheusRule")
+    assert {obj["kind"] for obj in monitoring} == {"ServiceMonitor", "PrometheusRule"}
+    for obj in monitoring:
+        validate_custom(obj)
 
 
 def test_residency_policy_resource_is_the_policy() -> None:
     (resource,) = _of_kind(_objects(STACK / "ci" / "minimal-values.yaml"), "ResidencyPolicy")
     crd = next(crd for crd in custom_resource_definitions() if crd["spec"]["names"]["kind"] == "ResidencyPolicy")
-    jsonschema.validate(resource, _crd_schema(crd, "v1alpha1"))
+    validate_custom(resource, crd)
     metadata = {
         "name": resource["metadata"]["name"],
         "description": resource["metadata"]["annotations"][DESCRIPTION_ANNOTATION],
@@ -321,7 +284,7 @@ def test_gateway_serves_the_configured_model_and_upstreams() -> None:
     assert "--no-registry" in command
     assert "--upstream=kanana=https://llm.sovereign.kr/v1" in command
     assert values["gateway"]["site"] in " ".join(command)
-    (monitor,) = _of_kind(objects, "ServiceMonitor")
+    (monitor,) = [m for m in _of_kind(objects, "ServiceMonitor") if m["metadata"]["name"].endswith("-gateway")]
     assert monitor["spec"]["endpoints"][0]["authorization"]["credentials"] == {
         "name": "sovereign-metrics-key",
         "key": "apiKey",
@@ -378,7 +341,7 @@ def test_operator_webhook_is_reachable_where_kopf_registers_it(values_name: str,
 def test_example_model_deployment_is_valid() -> None:
     example = yaml.safe_load((STACK / "examples" / "modeldeployment.yaml").read_text())
     crd = next(crd for crd in custom_resource_definitions() if crd["spec"]["names"]["kind"] == "ModelDeployment")
-    jsonschema.validate(example, _crd_schema(crd, "v1alpha1"))
+    validate_custom(example, crd)
     ModelDeploymentSpec.model_validate(example["spec"])
 
 
@@ -439,3 +402,22 @@ def test_notes_warn_that_host_only_egress_rules_stay_closed() -> None:
     assert "egress rules registry-mirror,model-store,identity-provider name hosts only" in notes
     assert "bao write auth/kubernetes/role/sovereign-controller" in notes
     assert "token_policies=sovereign-controller" in notes
+
+
+def test_the_operator_exposes_its_metrics_to_prometheus() -> None:
+    objects = _objects(STACK / "ci" / "production-values.yaml")
+    monitors = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "ServiceMonitor"}
+    operator_monitor = next(m for name, m in monitors.items() if name.endswith("-operator"))
+    assert operator_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    services = [obj for obj in objects if obj["kind"] == "Service"]
+    selected = [
+        service
+        for service in services
+        if operator_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        and any(port["name"] == "metrics" for port in service["spec"]["ports"])
+    ]
+    assert len(selected) == 1
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-operator")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=9090" in container["command"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]

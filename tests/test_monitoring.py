@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_LABELS = {
     "route", "status", "tenant", "mode", "layer", "expert", "shard", "type", "action", "rule", "reason", "scope",
     "direction", "result", "gate",
+    # Kubernetes objects (a ModelDeployment's namespace and name, its conditions), never people.
+    "namespace", "name", "condition", "outcome", "kind",
 }  # fmt: skip
 PROMQL_NAME = re.compile(r"\b(sovereign[_:][a-z0-9_:]+)")
 
@@ -32,7 +34,8 @@ def test_catalogue_follows_prometheus_naming() -> None:
         if family.type == "histogram":
             assert family.name.endswith("_seconds"), f"{family.name}: histograms here measure time in seconds"
         if family.type == "gauge":
-            assert family.name.endswith(("_ratio", "_running", "_waiting", "_up")), family.name
+            # `_condition`: a state set, one series per status and 1 on the current one (kube-state-metrics style).
+            assert family.name.endswith(("_ratio", "_running", "_waiting", "_up", "_condition")), family.name
         assert not family.name.endswith("_total"), "prometheus-client adds `_total` to counters itself"
     names = catalogue.metric_names()
     assert all(name.endswith("_total") for name, kind in names.items() if kind == "counter" and "_created" not in name)

@@ -13,6 +13,7 @@ import kopf
 import pytest
 from kopf._core.engines import posting
 
+from monitoring import catalogue
 from operators import handlers
 from operators.cluster import OWNED_KINDS, object_key
 from operators.reconcile import Settings
@@ -119,6 +120,19 @@ def test_create_applies_the_objects_and_writes_status_and_events(
         "ModelResolved": "True",
     }
     assert posted(events) == [("Normal", "RollingOut", f"serving k8s-create version {version}")]
+    assert condition_metric("Ready", "False") == 1
+    assert condition_metric("Ready", "True") == 0
+    assert condition_metric("ModelResolved", "True") == 1
+
+
+def condition_metric(condition: str, status: str) -> float | None:
+    labels = {"namespace": "models", "name": "student", "condition": condition, "status": status}
+    return catalogue.REGISTRY.get_sample_value("sovereign_model_deployment_condition", labels)
+
+
+def reviews(kind: str, result: str) -> float:
+    labels = {"kind": kind, "result": result}
+    return catalogue.REGISTRY.get_sample_value("sovereign_admission_reviews_total", labels) or 0.0
 
 
 def test_the_timer_follows_a_promotion_and_delete_cleans_up(
@@ -143,8 +157,10 @@ def test_the_timer_follows_a_promotion_and_delete_cleans_up(
     assert ray_service["metadata"]["labels"]["sovereign-stack.io/model-version"] == second
     assert posted(events) == [("Normal", "RollingOut", f"serving k8s-follow version {second} (was {first})")]
 
+    assert condition_metric("Ready", "False") == 1  # the new version is rolling out
     handlers.clean_up(body=model_deployment("models:/k8s-follow@production"), memo=memo)
     assert memo.cluster.kinds("models") == []
+    assert condition_metric("Ready", "False") is None
     ((kind, reason, message),) = posted(events)
     assert (kind, reason) == ("Normal", "CleanedUp")
     assert "RayService/student" in message
@@ -172,7 +188,9 @@ def admit(memo: kopf.Memo, model: str, **spec: Any) -> list[str]:
 
 def test_the_webhook_admits_an_approved_alias(memo: kopf.Memo, publish: Callable[[str], str]) -> None:
     publish("k8s-admitted")
+    admitted = reviews("ModelDeployment", "admitted")
     assert admit(memo, "models:/k8s-admitted@production") == []
+    assert reviews("ModelDeployment", "admitted") == admitted + 1
 
 
 def test_the_webhook_rejects_an_alias_that_was_never_approved(
@@ -207,8 +225,10 @@ def test_the_webhook_rejects_more_gpus_than_the_plan_allows(memo: kopf.Memo, pub
 
 
 def test_the_webhook_rejects_an_invalid_spec_naming_the_field(memo: kopf.Memo) -> None:
+    rejected = reviews("ModelDeployment", "rejected")
     with pytest.raises(kopf.AdmissionError, match=r"spec.engine: Input should be 'torch' or 'vllm'"):
         admit(memo, "models:/x@production", engine="sglang")
+    assert reviews("ModelDeployment", "rejected") == rejected + 1
 
 
 def test_an_unreachable_registry_is_admitted_with_a_warning(registry: Any, default_policy: ResidencyPolicy) -> None:
