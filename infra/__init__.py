@@ -1,0 +1,1 @@
+"""Pulumi infrastructure for an in-country site, and its CrossGuard policy pack."""

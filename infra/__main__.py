@@ -1,0 +1,5 @@
+"""`pulumi up` entry point (Pulumi.yaml `main`): the program lives in infra/program.py."""
+
+from infra.program import run
+
+run()
