@@ -575,7 +575,9 @@ def test_policy_pack_program_builds_the_generated_pack() -> None:
     assert keywords["policies"] == "policy_pack_policies(residency_policy)"
     assert "SOVEREIGN_POLICY" in (PACK_DIR / "__main__.py").read_text()
     assert PACK_NAME == "sovereign-residency"
-    assert yaml.safe_load((PACK_DIR / "PulumiPolicy.yaml").read_text())["runtime"] == "python"
+    runtime = yaml.safe_load((PACK_DIR / "PulumiPolicy.yaml").read_text())["runtime"]
+    assert runtime["name"] == "python"
+    assert (PACK_DIR / runtime["options"]["virtualenv"]).resolve() == PACK_DIR.parents[1] / ".venv"
     requirements = (PACK_DIR / "requirements.txt").read_text().splitlines()
     assert "pulumi-policy>=1.20" in requirements
     assert "-e ../.." in requirements

@@ -5,6 +5,7 @@ through the pack's validators.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,16 @@ def configure(values: dict[str, Any], secrets: dict[str, str] | None = None) -> 
     secrets = SECRETS if secrets is None else secrets
     config = {key: value if isinstance(value, str) else json.dumps(value) for key, value in values.items()}
     pulumi.runtime.set_all_config({**config, **secrets}, secret_keys=list(secrets))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def event_loop_for_pulumi() -> Iterator[None]:
+    """Pulumi's test runner awaits on the thread's current event loop; earlier tests may have closed theirs."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    loop.close()
+    asyncio.set_event_loop(None)
 
 
 def run_program(values: dict[str, Any], stack: str = "test") -> list[Resource]:
@@ -171,7 +182,8 @@ def test_no_public_ip_and_no_public_service(stack: tuple[str, list[Resource]]) -
 
 def test_the_gpu_pool_is_private_encrypted_spread_and_labelled_by_pulumi() -> None:
     resources = run_program(stack_config("prod-kr-seoul"), "prod-kr-seoul")
-    instances = of_type(resources, "openstack:compute/instance:Instance")
+    # Registration order is not defined: compare in name order.
+    instances = sorted(of_type(resources, "openstack:compute/instance:Instance"), key=lambda resource: resource[1])
     assert [props["availabilityZone"] for _, _, props in instances] == ["kr-seoul-1a", "kr-seoul-1b"] * 2
     for _, _, props in instances:
         assert props["region"] == "kr-seoul"
@@ -195,7 +207,7 @@ def test_the_gpu_pool_is_private_encrypted_spread_and_labelled_by_pulumi() -> No
     rules = of_type(resources, "openstack:networking/secGroupRule:SecGroupRule")
     assert {props["remoteIpPrefix"] for _, _, props in rules} == {"10.10.0.0/16", "10.10.0.0/18", "10.10.64.0/18"}
     patches = of_type(resources, "kubernetes:core/v1:NodePatch")
-    assert [props["metadata"] for _, _, props in patches] == [
+    assert sorted((props["metadata"] for _, _, props in patches), key=lambda metadata: metadata["name"]) == [
         {"name": f"gpu-h100x8-{index}", "labels": {"node-restriction.kubernetes.io/residency": "KR"}}
         for index in range(4)
     ]
