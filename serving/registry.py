@@ -474,13 +474,20 @@ class Registry:
         cache_dir: Path,
         on_start: Callable[[int], None] = lambda _: None,
         on_progress: Progress = _no_progress,
+        expect_version: str | None = None,
     ) -> Checkout:
         """A local copy of the version `reference` names, verified file by file against its signed manifest.
 
-        Refuses a version without a valid approval for that alias, and any file whose SHA-256 differs.
+        Refuses a version without a valid approval for that alias, and any file whose SHA-256 differs;
+        with `expect_version`, also an alias that has moved on (the operator rolls the new one out).
         """
         model_version = self._by_alias(reference)
         version = str(model_version.version)
+        if expect_version is not None and version != expect_version:
+            raise ServingRefused(
+                f"{reference} now points at version {version}, not {expect_version}; the operator rolls out the "
+                "new version next, nothing to do here"
+            )
         manifest_digest = self._approved_manifest(model_version, reference)
         manifest = self._manifest(model_version, manifest_digest)
         target = cache_dir / "registry" / reference.name / version

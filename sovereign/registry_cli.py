@@ -364,15 +364,13 @@ def checkout(
 
     residency = load_policy_option(policy)
     reference = ModelReference(name, alias)
-    with _registry(registry_uri, vault_addr, residency, None) as (registry, _):
-        approved = registry.resolve(reference)
-        if expect_version is not None and approved.version != expect_version:
-            fail(
-                f"{reference} now points at version {approved.version}, not {expect_version}",
-                "the operator rolls out the new version next; nothing to do here",
-            )
-        with _transfer(f"Fetching {name} v{approved.version}") as callbacks:
-            fetched = registry.checkout(reference, cache_dir or default_cache_dir(), **callbacks)
+    with (
+        _registry(registry_uri, vault_addr, residency, None) as (registry, _),
+        _transfer(f"Fetching {reference}") as callbacks,
+    ):
+        fetched = registry.checkout(
+            reference, cache_dir or default_cache_dir(), expect_version=expect_version, **callbacks
+        )
     console.print(f"[green]Verified:[/green] {escape(str(reference))} version {fetched.version} in {fetched.path}")
 
 
