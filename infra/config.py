@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from policies import PolicyEvaluator, ResidencyPolicy, load_default_policy, load_policy
 from policies.model import CountryCode, HostPattern, Name, Network
-from policies.registry import artifact_store_for, check_store
+from policies.registry import artifact_destination_problems, s3_uri
 
 NAMESPACE = "sovereign"
 INFRA_DIR = Path(__file__).resolve().parent
@@ -71,7 +71,7 @@ class Artifacts(_Config):
     endpoint: HttpsUrl = Field(description="S3-compatible endpoint, in-country.")
 
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix.strip('/') + '/' if self.prefix.strip('/') else ''}"
+        return s3_uri(self.bucket, self.prefix)
 
 
 class GpuFlavor(_Config):
@@ -143,15 +143,11 @@ def policy_problems(site: SiteConfig, policy: ResidencyPolicy) -> list[str]:
     repository_host = urlparse(site.chart_repository).hostname or ""
     if not evaluator.image_allowed(f"{repository_host}/probe").allowed:
         problems.append(f"{key}chartRepository: {repository_host} is not in the policy's imageRegistries")
-    store = artifact_store_for(policy, site.artifacts.uri())
-    if store is None:
-        stores = ", ".join(store.uri for store in policy.spec.registry.artifact_stores)
-        problems.append(f"{key}artifacts: {site.artifacts.uri()} is in none of the policy's artifact stores ({stores})")
-    else:
-        if store.endpoint and store.endpoint.rstrip("/") != site.artifacts.endpoint.rstrip("/"):
-            problems.append(f"{key}artifacts.endpoint: store `{store.name}` is reached at {store.endpoint}")
-        if refusal := check_store(policy, store):
-            problems.append(f"{key}artifacts: {refusal}")
+    artifacts = site.artifacts
+    problems += [
+        f"{key}artifacts: {problem}"
+        for problem in artifact_destination_problems(policy, artifacts.uri(), artifacts.endpoint, "endpoint")
+    ]
     if site.openstack is not None:
         problems += _openstack_problems(site, site.openstack, policy)
     return problems

@@ -38,7 +38,7 @@ from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 from operators.chart_values import ChartValues
 from policies import PolicyEvaluator, ResidencyPolicy, Site
 from policies.evaluation import image_registry
-from policies.registry import artifact_store_for, check_store
+from policies.registry import artifact_destination_problems, s3_uri
 
 PACK_NAME = "sovereign-residency"
 RESIDENCY_LABEL = "sovereign-stack.io/residency"
@@ -456,17 +456,8 @@ def _artifact_problems(policy: ResidencyPolicy, resource: PolicyResource) -> lis
     bucket, prefix, endpoint = (_at(values, "mlflow", "artifacts", key) for key in ("bucket", "prefix", "endpoint"))
     if enabled is False or _UNKNOWN in (enabled, bucket, prefix, endpoint):
         return []
-    prefix = (_text(prefix) or "").strip("/")
-    uri = f"s3://{_text(bucket) or ''}/{prefix + '/' if prefix else ''}"
-    store = artifact_store_for(policy, uri)
-    if store is None:
-        stores = ", ".join(known.uri for known in policy.spec.registry.artifact_stores)
-        return [f"MLflow artifacts at {uri} lie in no artifact store of the policy ({stores})"]
-    problems = [problem] if (problem := check_store(policy, store)) else []
-    endpoint = _text(endpoint) or "(unset)"
-    if store.endpoint is not None and store.endpoint.rstrip("/") != endpoint.rstrip("/"):
-        problems.append(f"mlflow.artifacts.endpoint {endpoint} is not {store.endpoint}, where store `{store.name}` is")
-    return problems
+    uri = s3_uri(_text(bucket) or "", _text(prefix) or "")
+    return artifact_destination_problems(policy, uri, _text(endpoint) or "(unset)", "mlflow.artifacts.endpoint")
 
 
 def check_namespaces_labelled(policy: ResidencyPolicy, resources: Sequence[PolicyResource]) -> list[Violation]:

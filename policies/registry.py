@@ -262,6 +262,25 @@ def check_store(policy: ResidencyPolicy, store: ArtifactStore) -> str | None:
     return None
 
 
+def s3_uri(bucket: str, prefix: str = "") -> str:
+    """`s3://bucket/prefix/`, the form artifact store URIs are matched in."""
+    prefix = prefix.strip("/")
+    return f"s3://{bucket}/{prefix + '/' if prefix else ''}"
+
+
+def artifact_destination_problems(policy: ResidencyPolicy, uri: str, endpoint: str, endpoint_field: str) -> list[str]:
+    """Why artifacts may not be kept at `uri` reached at `endpoint` (named `endpoint_field` in messages): in no
+    store of the policy, in a store outside the jurisdiction, or through another endpoint than the store's."""
+    store = artifact_store_for(policy, uri)
+    if store is None:
+        stores = ", ".join(known.uri for known in policy.spec.registry.artifact_stores)
+        return [f"MLflow artifacts at {uri} lie in no artifact store of the policy ({stores})"]
+    problems = [problem] if (problem := check_store(policy, store)) else []
+    if store.endpoint is not None and store.endpoint.rstrip("/") != endpoint.rstrip("/"):
+        problems.append(f"{endpoint_field} {endpoint} is not {store.endpoint}, where store `{store.name}` is")
+    return problems
+
+
 def principal_id(principal: Principal) -> str:
     """How a principal is named in registry tags: `tenant/subject`, e.g. `acme/key:0123abcd4567ef89`."""
     return f"{principal.tenant}/{principal.subject}"
