@@ -8,9 +8,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from operators.planning import PlanError, gpu_problems
+from operators.planning import deployment_gpu_problems
 from operators.reconcile import ModelResolver, ResolutionState, compliance_problems
-from operators.resources import ModelDeploymentSpec
+from operators.resources import DESCRIPTION_ANNOTATION, ModelDeploymentSpec
 from policies.loader import PolicyError, parse_policy
 from policies.model import API_VERSION, KIND, ResidencyPolicy
 
@@ -51,19 +51,7 @@ def review_model_deployment(
     elif resolution.state is ResolutionState.REGISTRY_UNAVAILABLE:
         warnings.append(f"spec.model: not checked, {resolution.message}")
     if resolution.size is not None:
-        _, maximum = deployment.replica_bounds()
-        try:
-            sizing = gpu_problems(
-                resolution.size,
-                deployment.engine,
-                deployment.dtype,
-                deployment.gpu,
-                deployment.parallelism,
-                maximum,
-                gpu_budget,
-            )
-        except PlanError as error:
-            sizing = [str(error)]
+        sizing = deployment_gpu_problems(deployment, resolution.size, gpu_budget)
         problems += [f"spec.parallelism: {problem}" for problem in sizing]
     return problems, warnings
 
@@ -71,7 +59,7 @@ def review_model_deployment(
 def policy_document(body: Mapping[str, Any]) -> dict[str, Any]:
     """The `ResidencyPolicy` object as the policy document `sovereign policy check` reads."""
     metadata = body.get("metadata") or {}
-    description = (metadata.get("annotations") or {}).get("sovereign-stack.io/description", "")
+    description = (metadata.get("annotations") or {}).get(DESCRIPTION_ANNOTATION, "")
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from operators.resources import Engine, GpuRequest, Parallelism, ParallelismMode, WeightDtype
+from operators.resources import Engine, GpuRequest, ModelDeploymentSpec, Parallelism, ParallelismMode, WeightDtype
 
 GIB = 1024**3
 # Share of a GPU's memory the weights may take; the rest is KV cache, activations and the CUDA context.
@@ -116,3 +116,12 @@ def gpu_problems(
             f"GPUs, over the cluster's budget of {gpu_budget} for one deployment (operator.maxGpus)"
         )
     return problems
+
+
+def deployment_gpu_problems(spec: ModelDeploymentSpec, size: ModelSize, gpu_budget: int) -> list[str]:
+    """`gpu_problems` for a deployment at its most replicas; a GPU type the planner cannot read is one too."""
+    _, maximum = spec.replica_bounds()
+    try:
+        return gpu_problems(size, spec.engine, spec.dtype, spec.gpu, spec.parallelism, maximum, gpu_budget)
+    except PlanError as error:
+        return [str(error)]

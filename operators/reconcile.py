@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -13,8 +14,9 @@ from typing import Any, Protocol
 import yaml
 
 from operators.admission_policies import residency_node_labels
+from operators.chart_values import ChartValues
 from operators.network_policies import egress_network_policy
-from operators.planning import ModelSize, Plan, PlanError, gpu_problems, plan_replica
+from operators.planning import ModelSize, Plan, PlanError, deployment_gpu_problems, plan_replica
 from operators.resources import API_VERSION, Engine, ModelDeploymentSpec, WeightDtype
 from policies.evaluation import PolicyEvaluator
 from policies.model import ResidencyPolicy, Site
@@ -83,20 +85,24 @@ class Deployment:
         return self.spec.model.partition("@")[2]
 
 
+# Outside the chart (`sovereign operator run` by hand), the operator assumes the chart's defaults.
+_CHART = ChartValues()
+
+
 @dataclass(frozen=True)
 class Settings:
     """How the operator was installed (Helm values, as environment variables of its pod)."""
 
-    image: str = "registry.sovereign.kr/sovereign-stack/sovereign:0.1.0"
-    ray_version: str = "2.60.0"
+    image: str = f"{_CHART.global_.image_registry}/{_CHART.image.repository}:{_CHART.image.tag}"
+    ray_version: str = _CHART.operator.ray_version
     registry_uri: str = "http://sovereign-stack-mlflow:5000"
-    vault_addr: str = "https://openbao.sovereign.kr:8200"
-    vault_role: str = "sovereign-serving"
-    vault_mount: str = "kubernetes"
+    vault_addr: str = _CHART.openbao.address
+    vault_role: str = _CHART.openbao.kubernetes_auth.roles.serving
+    vault_mount: str = _CHART.openbao.kubernetes_auth.mount_path
     stack_namespace: str = "sovereign-system"
-    gpu_budget: int = 64
-    metrics_secret: str = "sovereign-metrics-key"
-    metrics_secret_key: str = "apiKey"
+    gpu_budget: int = _CHART.operator.max_gpus
+    metrics_secret: str = _CHART.operator.metrics_secret.name
+    metrics_secret_key: str = _CHART.operator.metrics_secret.key
 
     @classmethod
     def from_environment(cls, environment: Mapping[str, str] = os.environ) -> Settings:
@@ -484,14 +490,9 @@ def reconcile(deployment: Deployment, observed: Observed, settings: Settings) ->
     problems = compliance_problems(spec, observed.policy)
     plan: Plan | None = None
     if not problems and resolved and resolution.size is not None:
-        _, maximum = spec.replica_bounds()
-        try:
-            problems = gpu_problems(
-                resolution.size, spec.engine, spec.dtype, spec.gpu, spec.parallelism, maximum, settings.gpu_budget
-            )
+        problems = deployment_gpu_problems(spec, resolution.size, settings.gpu_budget)
+        with suppress(PlanError):  # then `problems` already says why there is no plan
             plan = plan_replica(resolution.size, spec.engine, spec.dtype, spec.gpu, spec.parallelism)
-        except PlanError as error:
-            problems = [str(error)]
 
     kept = observed.serving_version if not resolved and not problems else ""
     model_condition = _resolved_condition(spec, resolution, kept)

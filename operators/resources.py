@@ -18,6 +18,8 @@ from policies.model import Name
 GROUP = "sovereign-stack.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+# The policy document's description, which the ResidencyPolicy CRD has no field for.
+DESCRIPTION_ANNOTATION = f"{GROUP}/description"
 MODEL_REFERENCE_PATTERN = r"^models:/[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9_-]+$"
 
 

@@ -15,7 +15,7 @@ import typer
 import yaml
 
 from operators.planning import ModelSize
-from operators.reconcile import Resolution, ResolutionState
+from operators.reconcile import Resolution, ResolutionState, Settings
 from policies import ResidencyPolicy
 from sovereign.access_cli import VaultAddr
 from sovereign.output import console, fail
@@ -84,7 +84,7 @@ def run(
     ] = None,
     registry_uri: Annotated[
         str, typer.Option(envvar="MLFLOW_TRACKING_URI", help="The MLflow registry the aliases are resolved in.")
-    ] = "http://sovereign-stack-mlflow:5000",
+    ] = Settings.registry_uri,
     vault_addr: VaultAddr = None,
     webhook_host: Annotated[
         str | None,
@@ -116,7 +116,6 @@ def run(
 
         from operators import handlers  # noqa: F401  (importing registers the handlers)
         from operators.cluster import KubernetesCluster
-        from operators.reconcile import Settings
         from policies import load_default_policy
         from policies.openbao import APPROVAL_KEY, TransitSigner, connect
         from serving.registry import Registry

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from operators.admission_policies import residency_node_labels
 from operators.chart_values import ChartValues
-from operators.charts import DESCRIPTION_ANNOTATION, GENERATED_DIR, generate, stale_files
+from operators.charts import GENERATED_DIR, generate, stale_files
 from operators.crds import custom_resource_definitions
-from operators.resources import ModelDeploymentSpec
+from operators.resources import DESCRIPTION_ANNOTATION, ModelDeploymentSpec
 from policies import ResidencyPolicy, load_default_policy
 from sovereign.chart_cli import chart_app
 from tests.kube import validate_builtin, validate_custom
