@@ -72,7 +72,10 @@ def crds(
     if output is None:
         sys.stdout.write(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            fail(f"--output: cannot write {output}: {error.strerror}", "name a file in a folder that exists")
         console.print(f"Wrote the CRDs to {output}")
 
 

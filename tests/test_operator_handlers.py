@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
+import yaml
 from kopf._core.engines import posting
 
 from monitoring import catalogue
@@ -319,3 +320,19 @@ def test_the_cluster_builder_serves_the_checkout_to_the_deployments_tenants(
     assert ingress.init_args[-1] == frozenset({"acme"})
     with pytest.raises(ResidencyViolation, match="refusing to serve on site `us-east-1`"):
         build({**arguments, "site": "us-east-1"})
+
+
+def test_operator_crds_writes_the_generated_definitions_or_says_why_not(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from operators.crds import custom_resource_definitions
+    from sovereign.cli import app
+
+    runner = CliRunner()
+    written = runner.invoke(app, ["operator", "crds", "--output", str(tmp_path / "crds.yaml")])
+    assert written.exit_code == 0, written.output
+    assert list(yaml.safe_load_all((tmp_path / "crds.yaml").read_text())) == custom_resource_definitions()
+    refused = runner.invoke(app, ["operator", "crds", "--output", str(tmp_path / "missing" / "crds.yaml")])
+    assert refused.exit_code == 1
+    assert "--output: cannot write" in refused.stderr
+    assert "Traceback" not in refused.output
