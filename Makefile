@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python -m tests.benchmarks.metrics
 	$(BIN)/python -m tests.benchmarks.registry
 	$(BIN)/python -m tests.benchmarks.startup
+	$(BIN)/python -m tests.benchmarks.engine
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

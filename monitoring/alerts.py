@@ -231,6 +231,19 @@ ALERTS = [
         hold="1m",
     ),
     Alert(
+        "SovereignExpertShardRestarting",
+        "sum by (shard) (increase(sovereign_expert_shard_restarts_total[15m])) > 2",
+        "ticket",
+        "An expert shard keeps restarting",
+        "Expert shard `{{ $labels.shard }}` was replaced more than twice in 15 minutes; every replacement failed the "
+        "requests in flight.",
+        "expert-shard-restarting",
+        [
+            Case({'sovereign_expert_shard_restarts_total{shard="1"}': "0 1 2 3 4 5"}, "5m", [{"shard": "1"}]),
+            Case({'sovereign_expert_shard_restarts_total{shard="1"}': "0 1 1 1 1 1"}, "5m"),
+        ],
+    ),
+    Alert(
         "SovereignKVCacheSaturated",
         "max(sovereign_kv_cache_usage_ratio) > 0.9",
         "ticket",

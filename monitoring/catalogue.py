@@ -129,6 +129,18 @@ EXPERT_SHARD_CALL_LATENCY = Histogram(
 EXPERT_SHARD_ERRORS = Counter(
     f"{PREFIX}_expert_shard_errors", "Failed calls to an expert shard, by shard.", ["shard"], registry=REGISTRY
 )
+EXPERT_SHARD_RESTARTS = Counter(
+    f"{PREFIX}_expert_shard_restarts",
+    "Expert shards replaced by a fresh actor after they died or stopped answering, by shard.",
+    ["shard"],
+    registry=REGISTRY,
+)
+BATCH_SEQUENCES = Histogram(
+    f"{PREFIX}_batch_sequences",
+    "Sequences in one continuous-batching step (prefills and decodes together).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
 EXPERT_SHARD_UP = Gauge(
     f"{PREFIX}_expert_shard_up",
     "1 while an expert shard holds its experts and answers; the series vanishes with its process.",

@@ -156,6 +156,22 @@ EXPERTS = Dashboard(
             [(f"sum by (shard) (rate({_name(c.EXPERT_SHARD_ERRORS, '_total')}{RATE}))", "shard {{shard}}")],
             "ops",
         ),
+        Panel(
+            "Expert shard restarts",
+            [(f"sum by (shard) (increase({_name(c.EXPERT_SHARD_RESTARTS, '_total')}[1h]))", "shard {{shard}}")],
+            description="Shards replaced after they died or stopped answering; the requests in flight then failed.",
+        ),
+        Panel(
+            "Sequences per batching step",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (le) (rate({_name(c.BATCH_SEQUENCES, '_bucket')}{RATE})))",
+                    f"p{int(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ],
+            description="Continuous batching at work: how many requests share each decode step.",
+        ),
     ],
     [TENANT_VARIABLE, LAYER_VARIABLE],
 )

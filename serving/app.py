@@ -48,7 +48,7 @@ def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard, a
             raise ResidencyViolation(
                 f"refusing the identity provider's keys at {oidc.jwks_url}: {decision.reason} ({decision.rule})"
             )
-    model_server = LLMServer.bind(card, config.dtype)
+    model_server = LLMServer.bind(card, config.dtype, config.expert_shards)
     return OpenAIIngress.bind(
         model_server,
         card,

@@ -35,6 +35,7 @@ class ClusterArguments(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("bfloat16", description="Weight dtype.")
     policy: dict[str, Any] = Field(description="The ResidencyPolicy document in force.")
     tenants: list[str] = Field(min_length=1, description="The only tenants that may call the model.")
+    expert_shards: int = Field(1, ge=0, description="Ray actors (one per GPU) the routed experts are split over.")
 
 
 def build(args: dict[str, Any]) -> Application:
@@ -49,6 +50,7 @@ def build(args: dict[str, Any]) -> Application:
         site=arguments.site,
         tenants=arguments.tenants,
         dtype=arguments.dtype,
+        expert_shards=arguments.expert_shards,
         host="0.0.0.0",  # the Serve proxy inside the pod; the NetworkPolicy and Service bound who reaches it
     )
     card = inspect_checkpoint(arguments.model_path, arguments.served_model_name)

@@ -77,6 +77,13 @@ class ServingConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; `auto` keeps the checkpoint's."
     )
+    expert_shards: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="Ray actors the routed experts of an A.X K1 checkpoint are split over, one per GPU where there "
+        "are GPUs; 0 keeps them in the model server's process.",
+    )
     default_enable_thinking: bool = Field(
         False,
         description="Think Fusion mode for requests that do not set `chat_template_kwargs.enable_thinking`.",

@@ -44,3 +44,16 @@ class APIError(Exception):
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> APIError:
         return cls(event["status"], event["message"], event.get("param"), event.get("code"))
+
+
+class EngineFailure(RuntimeError):
+    """A batching step could not be computed; every request in it ends with this message."""
+
+
+class ExpertShardFailed(EngineFailure):
+    def __init__(self, shard: int, reason: str) -> None:
+        super().__init__(
+            f"expert shard {shard} failed during generation ({reason}); the request was aborted and the shard is "
+            "being restarted; retry the request"
+        )
+        self.shard = shard

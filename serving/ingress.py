@@ -133,6 +133,8 @@ class _Stream:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """`delta` events with identifiers masked per policy, then the `end` event."""
         while (event := await self._next()) is not None:
+            if event["event"] == "error":  # the model failed mid-generation (an expert shard died, say)
+                raise APIError.from_event(event)
             if event["event"] == "end":
                 tail = {channel: mask.flush() for channel, mask in self._masks.items()}
                 if any(tail.values()):

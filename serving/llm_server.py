@@ -7,10 +7,10 @@ or a single `error` in place of `start`.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from ray import serve
 
 from monitoring import catalogue
 from serving.checkpoint import ModelCard
-from serving.errors import APIError
+from serving.errors import APIError, EngineFailure
 from serving.generation import OutputStream, SamplingParams
 
 if TYPE_CHECKING:
@@ -44,13 +44,11 @@ MAX_ONGOING_REQUESTS = 64
 
 @serve.deployment(name="LLMServer", max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
 class LLMServer:
-    def __init__(self, card: ModelCard, dtype: str) -> None:
+    def __init__(self, card: ModelCard, dtype: str, expert_shards: int = 1) -> None:
         from serving.engine import TorchEngine
-        from serving.metrics import ExpertLoad
 
         self.card = card
-        self.engine: TorchEngine = TorchEngine(card.path, dtype)
-        self.expert_load = ExpertLoad(self.engine.model)
+        self.engine: TorchEngine = TorchEngine(card.path, dtype, expert_shards, _actor_prefix(card))
         self.running = 0
         self.cancelled_total = 0
         # KV cache capacity: every request slot filled to the whole context.
@@ -58,15 +56,26 @@ class LLMServer:
         self._kv_tokens = 0
         catalogue.initialise_series()
 
+    def __del__(self) -> None:
+        # Serve calls this when the replica shuts down: the shard actors go with it.
+        if (engine := getattr(self, "engine", None)) is not None:
+            engine.close()
+
     def decode(self, token_ids: list[int]) -> str | None:
         """Text of a token-id prompt, so the gateway can inspect it; None when an id is out of range."""
         if any(not 0 <= token < len(self.engine.tokenizer) for token in token_ids):
             return None
         return self.engine.tokenizer.decode(token_ids)
 
-    def stats(self) -> dict[str, int]:
-        """Requests generating now, and requests whose client went away before they finished."""
-        return {"running": self.running, "cancelled_total": self.cancelled_total}
+    def stats(self) -> dict[str, Any]:
+        """Requests generating now, requests whose client went away, the batcher's state and the expert shards."""
+        model = self.engine.model
+        return {
+            "running": self.running,
+            "cancelled_total": self.cancelled_total,
+            "batcher": self.engine.batcher.stats(),
+            "expert_shards": model.experts.describe() if hasattr(model, "experts") else [],
+        }
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[dict[str, Any]]:
         started = time.perf_counter()
@@ -82,14 +91,14 @@ class LLMServer:
         mode = "think" if thinking else "non_think"
         catalogue.PROMPT_TOKENS.labels(mode).inc(len(prompt_ids))
         output = OutputStream(engine.tokenizer, params.stop, engine.think_end_id, thinking)
-        tokens = engine.generate(prompt_ids, params)
+        tokens = engine.submit(prompt_ids, params)
         generated, finish_reason, ended = 0, "length", False
         self.running += 1
         catalogue.REQUESTS_WAITING.inc()
         self._hold_kv(len(prompt_ids))
         last_token_at: float | None = None
         try:
-            while (token := await self._next_token(tokens)) is not None:
+            async for token in tokens:
                 now = time.perf_counter()
                 if last_token_at is None:
                     catalogue.TIME_TO_FIRST_TOKEN.labels(mode).observe(now - started)
@@ -119,26 +128,19 @@ class LLMServer:
                 "completion_tokens": generated,
                 "answer_started": output.answer_started,
             }
+        except EngineFailure as failure:
+            # The step failed for every request in the batch; this one ends with the reason, never half-wrong.
+            yield APIError(503, str(failure), code="engine_failure").as_event()
         finally:
             # Reached on completion, on error and when the client goes away (Serve cancels this
-            # generator); no further decode step runs once nobody pulls tokens.
+            # generator); the batcher frees the request's slot before its next step.
+            tokens.cancel()
             self.running -= 1
             self.cancelled_total += not ended
             (catalogue.REQUESTS_WAITING if last_token_at is None else catalogue.REQUESTS_RUNNING).dec()
             self._hold_kv(-(len(prompt_ids) + generated))
             catalogue.GENERATION_TOKENS.labels(mode).inc(generated)
             catalogue.GENERATION_LATENCY.labels(mode).observe(time.perf_counter() - started)
-            self.expert_load.flush()
-
-    async def _next_token(self, tokens: Iterator[int]) -> int | None:
-        try:
-            return await asyncio.to_thread(next, tokens, None)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # The routed experts of this replica are its expert shard: a failed step is a failed shard call.
-            catalogue.EXPERT_SHARD_ERRORS.labels(self.expert_load.shard).inc()
-            raise
 
     def _hold_kv(self, tokens: int) -> None:
         self._kv_tokens += tokens
@@ -188,3 +190,8 @@ class LLMServer:
                 "context_length_exceeded",
             )
         return job.params
+
+
+def _actor_prefix(card: ModelCard) -> str:
+    """Expert-shard actor names: one set per model and replica process, so replicas never collide."""
+    return f"{card.id}-{os.getpid()}"

@@ -69,43 +69,20 @@ class GatewayMetricsMiddleware:
 class ExpertLoad:
     """Counts tokens per routed expert of every MoE layer from the routers' own top-k choice.
 
-    Counting happens on the model's device per forward pass (one `bincount` per layer); the counts
-    reach the catalogue in one flush per generation, so the per-step cost stays off Python loops.
-    The routed experts of this replica form one expert shard, `shard`, whose calls are timed.
+    Counting happens on the model's device per step (one `bincount` per layer); the counts reach the
+    catalogue when a sequence leaves the batch, so the per-step cost stays off Python loops.
     """
 
-    def __init__(self, model: Any, shard: str = "0") -> None:
+    def __init__(self, layers: list[str], experts: int) -> None:
         import torch
 
         self._torch = torch
-        self.shard = shard
-        self._counts: dict[str, Any] = {}
-        for name, module in model.named_modules():
-            router, experts = getattr(module, "gate", None), getattr(module, "experts", None)
-            if router is None or experts is None or not hasattr(router, "top_k"):
-                continue
-            layer = name.split(".")[-2] if name.endswith(".mlp") else name
-            count = int(router.weight.shape[0])  # one router row per routed expert
-            self._counts[layer] = torch.zeros(count, dtype=torch.long)
-            router.register_forward_hook(self._router_hook(layer, count))
-            experts.register_forward_pre_hook(self._start_call)
-            experts.register_forward_hook(self._end_call)
-        self._call_started = 0.0
-        catalogue.EXPERT_SHARD_UP.labels(shard).set(1 if self._counts else 0)
-        catalogue.EXPERT_SHARD_ERRORS.labels(shard)
+        self._experts = experts
+        self._counts = {layer: torch.zeros(experts, dtype=torch.long) for layer in layers}
 
-    def _router_hook(self, layer: str, count: int) -> Any:
-        def hook(_: Any, __: Any, output: Any) -> None:
-            indices = output[-1]
-            self._counts[layer] += self._torch.bincount(indices.flatten().cpu(), minlength=count)
-
-        return hook
-
-    def _start_call(self, *_: Any) -> None:
-        self._call_started = time.perf_counter()
-
-    def _end_call(self, *_: Any) -> None:
-        catalogue.EXPERT_SHARD_CALL_LATENCY.labels(self.shard).observe(time.perf_counter() - self._call_started)
+    def record(self, layer: int, chosen: Any) -> None:
+        """The router of MoE layer `layer` chose `chosen` ([tokens, top-k] expert ids)."""
+        self._counts[str(layer)] += self._torch.bincount(chosen.flatten().cpu(), minlength=self._experts)
 
     def flush(self) -> None:
         """Move the counts gathered since the last flush into the catalogue, with each layer's imbalance."""

@@ -237,10 +237,11 @@ def test_client_disconnect_stops_generation_and_frees_the_slot(http: httpx.Clien
                 break
     for _ in range(10_000):
         stats = model_server.stats.remote().result()
-        if stats["cancelled_total"] > before["cancelled_total"]:
+        if stats["cancelled_total"] > before["cancelled_total"] and not stats["batcher"]["running"]:
             break
     assert stats["cancelled_total"] == before["cancelled_total"] + 1, "the model server never saw the disconnect"
     assert stats["running"] == 0
+    assert stats["batcher"]["running"] == 0, "the request's batch slot was freed"
 
 
 def test_text_content_parts_equal_a_plain_string(client: openai.OpenAI) -> None:

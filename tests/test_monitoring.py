@@ -32,7 +32,8 @@ def test_catalogue_follows_prometheus_naming() -> None:
         assert family.name.startswith("sovereign_"), family.name
         assert family.documentation, f"{family.name} has no help text"
         if family.type == "histogram":
-            assert family.name.endswith("_seconds"), f"{family.name}: histograms here measure time in seconds"
+            # Time in seconds, or a count of sequences per batching step.
+            assert family.name.endswith(("_seconds", "_sequences")), f"{family.name}: not a base unit"
         if family.type == "gauge":
             # `_condition`: a state set, one series per status and 1 on the current one (kube-state-metrics style).
             assert family.name.endswith(("_ratio", "_running", "_waiting", "_up", "_condition")), family.name
