@@ -2,8 +2,8 @@
 
 The operator's seam to the sharding planner: `plan_replica` takes the model's size (from its registry
 tags) and the deployment's GPU request and returns the parallelism. It counts weights only, with a
-share of each GPU kept for the KV cache and activations; the full planner (`sovereign plan`) adds the
-KV cache per token and the context length, and can replace this function behind the same signature.
+share of each GPU kept for the KV cache and activations. The full planner (`operators/capacity.py`,
+`sovereign plan`) reads the model's shape and adds the KV cache per token and the context length.
 """
 
 from __future__ import annotations

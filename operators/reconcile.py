@@ -20,6 +20,7 @@ from operators.planning import ModelSize, Plan, PlanError, deployment_gpu_proble
 from operators.resources import API_VERSION, Engine, ModelDeploymentSpec, WeightDtype
 from policies.evaluation import PolicyEvaluator
 from policies.model import ResidencyPolicy, Site
+from serving import vllm
 
 MANAGED_BY = "sovereign-operator"
 MODEL_CACHE = "/models"
@@ -293,7 +294,7 @@ def _pod_template(
 
 
 def serve_application(deployment: Deployment, plan: Plan, version: str, policy: ResidencyPolicy) -> dict[str, Any]:
-    """The Ray Serve application: our OpenAI app with the torch engine, or Ray Serve LLM with vLLM."""
+    """The Ray Serve application: our OpenAI app with the torch engine, or Ray Serve LLM with vLLM (`serving.vllm`)."""
     spec = deployment.spec
     model_path = f"{MODEL_CACHE}/registry/{deployment.model_name}/{version}"
     minimum, maximum = spec.replica_bounds()
@@ -304,31 +305,12 @@ def serve_application(deployment: Deployment, plan: Plan, version: str, policy: 
     }
     if spec.engine is Engine.VLLM:
         degrees = plan.parallelism
-        engine_kwargs: dict[str, Any] = {
-            "tensor_parallel_size": degrees.tensor,
-            "pipeline_parallel_size": degrees.pipeline,
-            "enable_expert_parallel": degrees.expert > 1,
-            "max_model_len": spec.max_context_length,
-        }
-        if degrees.data > 1:
-            engine_kwargs["data_parallel_size"] = degrees.data
-        if spec.dtype is WeightDtype.FP8:
-            engine_kwargs["quantization"] = "fp8"
-        return {
-            "name": SERVE_APPLICATION,
-            "route_prefix": "/",
-            "import_path": "ray.serve.llm:build_openai_app",
-            "args": {
-                "llm_configs": [
-                    {
-                        "model_loading_config": {"model_id": deployment.model_name, "model_source": model_path},
-                        "accelerator_type": spec.gpu.type.split("-")[0],
-                        "engine_kwargs": engine_kwargs,
-                        "deployment_config": {"autoscaling_config": autoscaling},
-                    }
-                ]
-            },
-        }
+        quantization = "fp8" if spec.dtype is WeightDtype.FP8 else None
+        kwargs = vllm.engine_kwargs(
+            degrees.tensor, degrees.pipeline, degrees.data, degrees.expert, spec.max_context_length, quantization
+        )
+        config = vllm.llm_config(deployment.model_name, model_path, spec.gpu.type.split("-")[0], kwargs, autoscaling)
+        return vllm.serve_application(SERVE_APPLICATION, "/", config, data_parallel=degrees.data > 1)
     return {
         "name": SERVE_APPLICATION,
         "route_prefix": "/",
@@ -341,6 +323,8 @@ def serve_application(deployment: Deployment, plan: Plan, version: str, policy: 
             "site": chosen_sites(spec, policy)[0].name,
             "policy": policy.model_dump(mode="json", by_alias=True),
             "tenants": list(spec.tenants),
+            # One expert shard per GPU of the replica (the planner's expert degree for torch).
+            "expert_shards": plan.parallelism.expert,
         },
         "deployments": [{"name": "LLMServer", "autoscaling_config": autoscaling}],
     }

@@ -37,6 +37,8 @@ from sovereign.access_cli import keys_app, openbao_app, tenants_app
 from sovereign.chart_cli import chart_app
 from sovereign.operator_cli import operator_app
 from sovereign.output import EXIT_FAILED, EXIT_USAGE, PolicyFile, console, errors, fail, load_policy_option
+from sovereign.plan_cli import EPILOG as PLAN_EPILOG
+from sovereign.plan_cli import plan
 from sovereign.registry_cli import registry_app
 
 app = typer.Typer(
@@ -62,6 +64,7 @@ app.add_typer(openbao_app, name="openbao")
 app.add_typer(registry_app, name="registry")
 app.add_typer(operator_app, name="operator")
 app.add_typer(chart_app, name="chart")
+app.command(epilog=PLAN_EPILOG)(plan)
 
 
 def _print_version(requested: bool) -> None:

@@ -1,7 +1,8 @@
 """`sovereign operator`: run the Kubernetes operator, print its CRDs.
 
 The operator wires the registry client (`serving.registry`) into the operator's `ModelResolver`
-seam here, so `operators` itself depends on `policies` only.
+seam here, so `operators` itself never imports the registry client (of `serving` it uses only the pure
+`serving.vllm` config builder).
 """
 
 from __future__ import annotations

@@ -455,6 +455,7 @@ def test_the_torch_engine_runs_our_app_with_arguments_its_builder_accepts(policy
     assert arguments.site == "kr-seoul-1"
     assert arguments.policy == policy.model_dump(mode="json", by_alias=True)
     assert arguments.tenants == ["acme"]
+    assert arguments.expert_shards == 1, "one expert shard per GPU of the replica"
     assert application["deployments"] == [
         {
             "name": "LLMServer",
