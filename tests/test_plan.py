@@ -79,28 +79,9 @@ def validate_serve_config(config: dict[str, Any]) -> None:
 def test_axk1_parameters_equal_transformers_meta_count(tmp_path: Path, axk1: ModelShape) -> None:
     from transformers import AXK1Config
 
-    AXK1Config(
-        hidden_size=7168,
-        intermediate_size=18432,
-        moe_intermediate_size=2048,
-        num_hidden_layers=61,
-        num_attention_heads=64,
-        num_key_value_heads=64,
-        n_shared_experts=1,
-        n_routed_experts=192,
-        num_experts_per_tok=8,
-        n_group=8,
-        topk_group=4,
-        routed_scaling_factor=2.5,
-        kv_lora_rank=512,
-        q_lora_rank=1536,
-        qk_rope_head_dim=64,
-        qk_nope_head_dim=128,
-        v_head_dim=128,
-        vocab_size=163840,
-        first_k_dense_replace=1,
-        max_position_embeddings=131072,
-    ).save_pretrained(tmp_path)
+    # The built-in config, as transformers reads it: its own count must equal ours.
+    config = {key: value for key, value in BUILTIN_MODELS["axk1-519b"].items() if key != "model_type"}
+    AXK1Config(**config).save_pretrained(tmp_path)
     counts = parameter_counts(tmp_path)
     assert counts.total == AXK1_TOTAL
     # transformers writes `mlp_layer_types`; the built-in config has `first_k_dense_replace`.
