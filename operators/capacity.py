@@ -511,8 +511,8 @@ def _why_nothing_fits(
 def plan_capacity(
     shape: ModelShape, inventory: GpuInventory, dtype: WeightDtype, context: int, gpus_per_node: int = 8
 ) -> CapacityPlan:
-    """The layout of `inventory` that serves the most sequences of `context` tokens (see the module's memory
-    model); PlanError says why nothing fits and what would."""
+    """The recommended layout of `inventory` for sequences of `context` tokens, with the others (see the
+    module's memory model and choice); PlanError says why nothing fits and what would."""
     shape.check_context(context)
     if gpus_per_node < 1:
         raise PlanError(f"gpus per node must be 1 or more, not {gpus_per_node}")

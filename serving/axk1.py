@@ -57,10 +57,16 @@ def shard_experts(experts: int, shard: int, shards: int) -> range:
     return range(start, start + base + (shard < extra))
 
 
-def expert_shapes(config: AXK1Config) -> dict[str, tuple[int, int]]:
-    """Shapes `config.json` implies for one routed expert's three projections."""
+def expert_shapes(config: AXK1Config, experts: range) -> dict[str, tuple[int, int]]:
+    """The shape `config.json` implies for each tensor of these routed experts, in every MoE layer."""
     hidden, inner = config.hidden_size, config.moe_intermediate_size
-    return {"gate_proj": (inner, hidden), "up_proj": (inner, hidden), "down_proj": (hidden, inner)}
+    shapes = {"gate_proj": (inner, hidden), "up_proj": (inner, hidden), "down_proj": (hidden, inner)}
+    return {
+        name: shapes[name.split(".")[-2]]
+        for layer in moe_layers(config)
+        for expert in experts
+        for name in expert_tensor_names(layer, expert)
+    }
 
 
 class ExpertBank:
@@ -72,13 +78,10 @@ class ExpertBank:
     ) -> None:
         self.experts = experts
         self.dtype = dtype
-        shapes = expert_shapes(config)
-        layers = moe_layers(config)
-        names = [name for layer in layers for expert in experts for name in expert_tensor_names(layer, expert)]
-        tensors.check_shapes({name: shapes[name.split(".")[-2]] for name in names})
+        tensors.check_shapes(expert_shapes(config, experts))
         self.gate_up: dict[int, torch.Tensor] = {}
         self.down: dict[int, torch.Tensor] = {}
-        for layer in layers:
+        for layer in moe_layers(config):
             loaded = tensors.load([name for expert in experts for name in expert_tensor_names(layer, expert)], dtype)
             gate_up, down = [], []
             for expert in experts:

@@ -125,7 +125,9 @@ class ContinuousBatcher:
         self._thread.start()
 
     def submit(self, prompt_ids: list[int], params: SamplingParams) -> TokenStream:
-        """Queue a request; its tokens arrive on the returned stream. `params.max_tokens` must be set."""
+        """Queue a request; its tokens arrive on the returned stream."""
+        if params.max_tokens is None:
+            raise ValueError("max_tokens must be resolved (the room left in the context) before a request is queued")
         generator = torch.Generator()
         generator.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         stream = TokenStream(self)
@@ -202,7 +204,7 @@ class ContinuousBatcher:
                 if sequence.stream.cancelled:
                     continue  # dropped before the next step
                 sequence.stream.deliver(token)
-                if token in self.eos_token_ids or sequence.generated >= (sequence.params.max_tokens or 0):
+                if token in self.eos_token_ids or sequence.generated >= sequence.params.max_tokens:
                     self._leave(sequence)
 
     @staticmethod

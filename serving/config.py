@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from policies.state import default_state_dir
 
+# Sequences one model-server replica serves at once: Serve's `max_ongoing_requests` and the batcher's slots.
+MAX_SEQUENCES = 64
+
 
 class Upstream(BaseModel):
     """An OpenAI-compatible model endpoint served through the gateway, under the same policy."""

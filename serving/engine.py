@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, AXK1Config, DynamicCache
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, AXK1Config, DynamicCache
 from transformers.utils import logging as transformers_logging
 
 from serving.axk1 import LatentCache, StepBatch, Trunk, moe_layers
 from serving.batching import ContinuousBatcher, TokenStream
+from serving.config import MAX_SEQUENCES
 from serving.errors import EngineFailure, ExpertShardFailed
 from serving.expert_shards import LocalExperts, ShardPool, check_expert_tensors
 from serving.generation import SamplingParams, starts_in_think_block
@@ -27,7 +28,6 @@ from serving.tokenizer import THINK_END, THINK_START
 from serving.weights import CheckpointTensors
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_SEQUENCES = 64
 
 
 def _device() -> str:
@@ -117,21 +117,17 @@ class TorchEngine:
     def __init__(self, model_path: Path, dtype: str = "auto", expert_shards: int = 1, name: str = "llm") -> None:
         transformers_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model_type = json.loads((model_path / "config.json").read_text(encoding="utf-8")).get("model_type")
-        if model_type == "axk1":
-            config = AXK1Config.from_pretrained(model_path)
-            model: ShardedAXK1 | TransformersModel = ShardedAXK1(
-                model_path, config, _dtype(dtype, config), expert_shards, MAX_SEQUENCES, name
-            )
-        else:
-            model = TransformersModel(model_path, dtype, MAX_SEQUENCES)
-            config = model.model.config
-        self.model = model
+        config = AutoConfig.from_pretrained(model_path)
+        self.model: ShardedAXK1 | TransformersModel = (
+            ShardedAXK1(model_path, config, _dtype(dtype, config), expert_shards, MAX_SEQUENCES, name)
+            if config.model_type == "axk1"
+            else TransformersModel(model_path, dtype, MAX_SEQUENCES)
+        )
         self.max_model_len: int = config.max_position_embeddings
         self.think_start_id = _token_id(self.tokenizer, THINK_START)
         self.think_end_id = _token_id(self.tokenizer, THINK_END)
         self.eos_token_ids = _eos_token_ids(config, self.tokenizer, model_path)
-        self.batcher = ContinuousBatcher(model, self.eos_token_ids)
+        self.batcher = ContinuousBatcher(self.model, self.eos_token_ids)
 
     def render_chat(self, messages: list[dict[str, str]], enable_thinking: bool) -> list[int]:
         """Apply the checkpoint's chat template and tokenize the resulting prompt."""

@@ -22,7 +22,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from transformers import AXK1Config
 
 from monitoring import catalogue
-from serving.axk1 import ExpertBank, expert_shapes, expert_tensor_names, moe_layers, shard_experts
+from serving.axk1 import ExpertBank, expert_shapes, shard_experts
 from serving.errors import ExpertShardFailed
 from serving.weights import CheckpointTensors
 
@@ -31,15 +31,7 @@ SHARD_CALL_TIMEOUT_SECONDS = 60.0
 
 def check_expert_tensors(tensors: CheckpointTensors, config: AXK1Config) -> None:
     """Every routed expert's tensors are present with their configured shapes, before any shard starts."""
-    shapes = expert_shapes(config)
-    tensors.check_shapes(
-        {
-            name: shapes[name.split(".")[-2]]
-            for layer in moe_layers(config)
-            for expert in range(config.n_routed_experts)
-            for name in expert_tensor_names(layer, expert)
-        }
-    )
+    tensors.check_shapes(expert_shapes(config, range(config.n_routed_experts)))
 
 
 def to_wire(tensor: torch.Tensor) -> np.ndarray:

@@ -18,6 +18,7 @@ from ray import serve
 
 from monitoring import catalogue
 from serving.checkpoint import ModelCard
+from serving.config import MAX_SEQUENCES
 from serving.errors import APIError, EngineFailure
 from serving.generation import OutputStream, SamplingParams
 
@@ -39,10 +40,7 @@ class GenerationJob:
         return "messages" if self.messages is not None else "prompt"
 
 
-MAX_ONGOING_REQUESTS = 64
-
-
-@serve.deployment(name="LLMServer", max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="LLMServer", max_ongoing_requests=MAX_SEQUENCES, ray_actor_options={"num_cpus": 1})
 class LLMServer:
     def __init__(self, card: ModelCard, dtype: str, expert_shards: int = 1) -> None:
         from serving.engine import TorchEngine
@@ -52,7 +50,7 @@ class LLMServer:
         self.running = 0
         self.cancelled_total = 0
         # KV cache capacity: every request slot filled to the whole context.
-        self._kv_capacity = MAX_ONGOING_REQUESTS * self.engine.max_model_len
+        self._kv_capacity = MAX_SEQUENCES * self.engine.max_model_len
         self._kv_tokens = 0
         catalogue.initialise_series()
 

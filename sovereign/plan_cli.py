@@ -164,8 +164,10 @@ def plan(
 
     Every layout of the GPUs is weighed: tensor × pipeline parallelism (experts over the tensor ranks)
     and data-parallel attention with expert parallelism. Usable memory is 90% of each GPU (vLLM's
-    gpu_memory_utilization); what the weights leave is the KV cache's room. The layout holding the most
-    sequences of --context tokens wins. See docs/kubernetes.md, "Planning capacity".
+    gpu_memory_utilization); what the weights leave is the KV cache's room. Recommended is the layout
+    that holds a sequence of --context tokens with the fewest pipeline stages (tensor parallel inside a
+    node, stages across nodes); the others follow with their counts. See docs/kubernetes.md,
+    "Planning capacity".
     """
     try:
         shape = load_model_shape(model)
