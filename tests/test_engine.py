@@ -254,6 +254,13 @@ def test_a_dense_model_runs_through_transformers_behind_the_same_batcher(stack: 
         engine.close()
 
 
+def test_a_request_without_a_resolved_max_tokens_is_refused(engines: dict[int, TorchEngine]) -> None:
+    engine = engines[1]
+    with pytest.raises(ValueError, match="max_tokens must be resolved"):
+        engine.submit(prompt(engine, "안녕하세요"), SamplingParams(max_tokens=None))
+    assert engine.batcher.stats()["waiting"] == 0
+
+
 def test_shard_counts_outside_the_experts_are_refused() -> None:
     with pytest.raises(ValueError, match="between 1 and the model's 8 routed experts, not 9"):
         shard_experts(8, 0, 9)
