@@ -89,7 +89,7 @@ class _Verified(Generic[T]):
     verified_at: float
 
 
-class _CachedLookup(Generic[T]):
+class CachedLookup(Generic[T]):
     """Values read from OpenBao, trusted for `fresh` seconds and, while OpenBao is unreachable, for `grace`."""
 
     def __init__(self, fresh: float, grace: float, clock: Callable[[], float]) -> None:
@@ -286,10 +286,10 @@ class AccessGate:
         self.trusted_proxies = [str(network) for network in settings.trusted_proxies]
         self._on_event = on_event
         self._now = now
-        self._keys: _CachedLookup[KeyRecord] = _CachedLookup(
+        self._keys: CachedLookup[KeyRecord] = CachedLookup(
             settings.key_cache_seconds, settings.outage_grace_seconds, clock
         )
-        self._tenants: _CachedLookup[Tenant] = _CachedLookup(
+        self._tenants: CachedLookup[Tenant] = CachedLookup(
             settings.key_cache_seconds, settings.outage_grace_seconds, clock
         )
         lockout = settings.lockout

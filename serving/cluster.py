@@ -19,7 +19,7 @@ from ray.serve import Application
 from policies import ResidencyPolicy
 from policies.openbao import connect
 from serving.app import build_app, require_in_country_site
-from serving.checkpoint import inspect_checkpoint
+from serving.checkpoint import ModelCard, inspect_checkpoint
 from serving.config import AccessConfig, ServingConfig
 
 
@@ -39,6 +39,11 @@ class ClusterArguments(BaseModel):
 
 
 def build(args: dict[str, Any]) -> Application:
+    return build_app(*cluster_serving(args))
+
+
+def cluster_serving(args: dict[str, Any]) -> tuple[ServingConfig, ResidencyPolicy, ModelCard, AccessConfig]:
+    """What `build` serves, from the application's arguments: refused on a site outside the jurisdiction."""
     arguments = ClusterArguments.model_validate(args)
     policy = ResidencyPolicy.model_validate(arguments.policy)
     require_in_country_site(policy, arguments.site)
@@ -54,4 +59,4 @@ def build(args: dict[str, Any]) -> Application:
         host="0.0.0.0",  # the Serve proxy inside the pod; the NetworkPolicy and Service bound who reaches it
     )
     card = inspect_checkpoint(arguments.model_path, arguments.served_model_name)
-    return build_app(config, policy, dataclasses.replace(card, revision=arguments.revision), access)
+    return config, policy, dataclasses.replace(card, revision=arguments.revision), access

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -763,24 +764,46 @@ class _LargeBlockAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def _check_names(name: str | None = None, alias: str | None = None) -> None:
-    """MLflow's own rules for model and alias names, checked before anything is written."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import (
-        _validate_model_alias_name,
-        _validate_model_alias_name_reserved,
-        _validate_model_name,
-    )
+# MLflow's documented naming rules (Model Registry docs, "Registered model aliases"), checked by us: its own checks are
+# private names that change between releases.
+MAX_ALIAS_LENGTH = 255
+ALIAS_PATTERN = re.compile(r"[\w\-]+")
+VERSION_ALIAS_PATTERN = re.compile(r"[vV]\d+")
 
-    try:
-        if name is not None:
-            _validate_model_name(name)
-        if alias is not None:
-            _validate_model_alias_name(alias)
-            _validate_model_alias_name_reserved(alias)
-    except MlflowException as error:
-        option = "--name" if name is not None else "--alias"
-        raise RegistryError(f"{option}: {error.message}") from None
+
+def model_name_problem(name: str) -> str | None:
+    """Why MLflow would refuse this registered model name, or None."""
+    if not name.strip():
+        return "a model name cannot be empty."
+    if "/" in name or ":" in name:
+        return f"Invalid model name '{name}'. Names cannot contain '/' or ':'."
+    normalised = posixpath.normpath(name)
+    if normalised != name or normalised == "." or normalised.startswith(".."):
+        return f"Invalid model name '{name}': it would resolve to {normalised!r} when treated as a path."
+    return None
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why MLflow would refuse this alias, or None: characters, length, and the reserved `latest` and `vN`."""
+    if not alias:
+        return "an alias cannot be empty."
+    if not ALIAS_PATTERN.fullmatch(alias):
+        return f"Invalid alias name: '{alias}'. Names may only contain alphanumerics, underscores (_), and dashes (-)."
+    if len(alias) > MAX_ALIAS_LENGTH:
+        return f"an alias has at most {MAX_ALIAS_LENGTH} characters, this one {len(alias)}."
+    if alias.lower() == "latest":
+        return "'latest' alias name (case insensitive) is reserved."
+    if VERSION_ALIAS_PATTERN.fullmatch(alias):
+        return f"Version alias name '{alias}' is reserved."
+    return None
+
+
+def _check_names(name: str | None = None, alias: str | None = None) -> None:
+    """MLflow's rules for model and alias names, checked before anything is written."""
+    if name is not None and (problem := model_name_problem(name)):
+        raise RegistryError(f"--name: {problem}")
+    if alias is not None and (problem := alias_problem(alias)):
+        raise RegistryError(f"--alias: {problem}")
 
 
 def _describe(description: str, tags: dict[str, str]) -> str:

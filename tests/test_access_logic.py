@@ -20,7 +20,7 @@ from policies.access import (
 )
 from policies.openbao import OpenBaoRefused, OpenBaoUnavailable
 from serving import auth
-from serving.auth import AccessDenied, Lockout, TokenBucket, _CachedLookup, seconds_to_utc_midnight
+from serving.auth import AccessDenied, CachedLookup, Lockout, TokenBucket, seconds_to_utc_midnight
 
 
 class Clock:
@@ -55,7 +55,7 @@ def test_token_bucket_allows_bursts_then_refills() -> None:
     assert bucket.take() == 0.0
 
 
-def run(cache: _CachedLookup, name: str, load: object) -> object:
+def run(cache: CachedLookup, name: str, load: object) -> object:
     return asyncio.run(cache.get(name, load, "API key"))
 
 
@@ -65,7 +65,7 @@ def down(_: str) -> object:
 
 def test_cached_values_are_reverified_after_the_fresh_time() -> None:
     clock = Clock()
-    cache = _CachedLookup(fresh=5, grace=300, clock=clock)
+    cache = CachedLookup(fresh=5, grace=300, clock=clock)
     assert run(cache, "k", lambda _: "v1") == "v1"
     assert run(cache, "k", lambda _: "v2") == "v1", "fresh: OpenBao is not asked"
     clock.now += 5
@@ -74,7 +74,7 @@ def test_cached_values_are_reverified_after_the_fresh_time() -> None:
 
 def test_outage_keeps_verified_values_for_the_grace_period_only() -> None:
     clock = Clock()
-    cache = _CachedLookup(fresh=5, grace=300, clock=clock)
+    cache = CachedLookup(fresh=5, grace=300, clock=clock)
     run(cache, "good", lambda _: "record")
     run(cache, "revoked", lambda _: None)
     clock.now += 299
@@ -158,7 +158,7 @@ def test_a_refusing_openbao_fails_closed_too() -> None:
     def refused(_: str) -> object:
         raise OpenBaoRefused("permission denied")
 
-    cache = _CachedLookup(fresh=5, grace=300, clock=Clock())
+    cache = CachedLookup(fresh=5, grace=300, clock=Clock())
     with pytest.raises(AccessDenied) as caught:
         run(cache, "key", refused)
     assert caught.value.status == 503
@@ -192,7 +192,7 @@ def test_lockout_and_key_cache_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert lockout.remaining("source:a") > 0
     assert set(lockout._subjects) == {"source:a", "source:c", "source:d"}
 
-    cache = _CachedLookup(fresh=5, grace=300, clock=clock)
+    cache = CachedLookup(fresh=5, grace=300, clock=clock)
     for name in "wxyz":
         run(cache, name, lambda _: None)
     assert list(cache._entries) == ["x", "y", "z"]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from google.protobuf import empty_pb2, struct_pb2
 from pulumi_policy import (
     EnforcementLevel,
     PolicyProviderResource,
@@ -583,42 +587,59 @@ def test_policy_pack_program_builds_the_generated_pack() -> None:
     assert "-e ../.." in requirements
 
 
-def test_the_engine_side_of_the_pack_runs_the_generated_policies(default_policy: ResidencyPolicy) -> None:
-    """The analyzer the pack serves, called as the engine calls it over gRPC (without a server)."""
-    from google.protobuf import struct_pb2
+def test_the_pack_served_over_grpc_runs_the_generated_policies(default_policy: ResidencyPolicy) -> None:
+    """The pack as the Pulumi engine runs it: a child process that serves the analyzer and prints its port."""
+    import grpc
     from pulumi.runtime import proto
-    from pulumi_policy.policy import _PolicyAnalyzerServicer
 
     def struct(value: dict[str, Any]) -> struct_pb2.Struct:
         message = struct_pb2.Struct()
         message.update(value)
         return message
 
-    analyzer = _PolicyAnalyzerServicer(
-        PACK_NAME, "0.1.0", policy_pack_policies(default_policy), EnforcementLevel.MANDATORY
+    pack = subprocess.Popen(
+        [sys.executable, str(PACK_DIR / "__main__.py")],
+        cwd=PACK_DIR.parents[1],
+        env={**os.environ, "PYTHONPATH": str(PACK_DIR.parents[1])},
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    info = analyzer.GetAnalyzerInfo(None, None)
-    assert len(info.policies) == 8
-    provider = proto.AnalyzerProviderResource(
-        type="pulumi:providers:openstack", name="p", urn="urn:p", properties=struct({"region": "us-east-1"})
-    )
-    request = proto.AnalyzeRequest(
-        type=INSTANCE,
-        name="gpu-0",
-        urn=urn(INSTANCE, "gpu-0"),
-        properties=struct(instance(region=None)),
-        provider=provider,
-    )
-    diagnostics = analyzer.Analyze(request, None).diagnostics
-    assert [d.policyName for d in diagnostics] == [REGION_IN_COUNTRY] * 2
-    assert "its provider's region us-east-1" in diagnostics[0].message
-    namespace_resource = proto.AnalyzerResource(
-        type=NAMESPACE, name="models", urn=urn(NAMESPACE, "models"), properties=struct(namespace("models", labels={}))
-    )
-    stack_diagnostics = analyzer.AnalyzeStack(
-        proto.AnalyzeStackRequest(resources=[namespace_resource]), None
-    ).diagnostics
-    assert [(d.policyName, d.urn) for d in stack_diagnostics] == [(NAMESPACES_LABELLED, urn(NAMESPACE, "models"))]
+    try:
+        assert pack.stdout is not None
+        port = int(pack.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            analyzer = proto.AnalyzerStub(channel)
+            info = analyzer.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
+            assert info.name == PACK_NAME
+            assert len(info.policies) == 8
+            provider = proto.AnalyzerProviderResource(
+                type="pulumi:providers:openstack", name="p", urn="urn:p", properties=struct({"region": "us-east-1"})
+            )
+            request = proto.AnalyzeRequest(
+                type=INSTANCE,
+                name="gpu-0",
+                urn=urn(INSTANCE, "gpu-0"),
+                properties=struct(instance(region=None)),
+                provider=provider,
+            )
+            diagnostics = analyzer.Analyze(request, timeout=30).diagnostics
+            assert [d.policyName for d in diagnostics] == [REGION_IN_COUNTRY] * 2
+            assert "its provider's region us-east-1" in diagnostics[0].message
+            namespace_resource = proto.AnalyzerResource(
+                type=NAMESPACE,
+                name="models",
+                urn=urn(NAMESPACE, "models"),
+                properties=struct(namespace("models", labels={})),
+            )
+            stack_diagnostics = analyzer.AnalyzeStack(
+                proto.AnalyzeStackRequest(resources=[namespace_resource]), timeout=30
+            ).diagnostics
+            assert [(d.policyName, d.urn) for d in stack_diagnostics] == [
+                (NAMESPACES_LABELLED, urn(NAMESPACE, "models"))
+            ]
+    finally:
+        pack.kill()
+        pack.wait()
 
 
 def test_checks_do_not_change_their_input(default_policy: ResidencyPolicy) -> None:

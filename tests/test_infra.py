@@ -15,7 +15,6 @@ import helm_python as helm
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime import rpc
 
 from infra.config import INFRA_DIR, ConfigError, load_site_config
 from infra.crossguard import RESIDENCY_LABEL, SITES_ANNOTATION, evaluate
@@ -89,9 +88,15 @@ def releases(resources: list[Resource]) -> dict[str, dict[str, Any]]:
     return {Path(props["chart"]).name: props for _, _, props in of_type(resources, "kubernetes:helm.sh/v3:Release")}
 
 
+# The engine's wire format for a secret value (Pulumi's property-value spec, "Secrets"): a map whose signature key
+# holds this constant. Fixed by the protocol, so stated here rather than read from the SDK's private names.
+SIGNATURE_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIGNATURE = "1b47061264138c4ac30d75fd1eb44270"
+
+
 def revealed(value: Any) -> Any:
     """A secret as the engine receives it (marked with Pulumi's secret signature), unwrapped; else None."""
-    if isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+    if isinstance(value, dict) and value.get(SIGNATURE_KEY) == SECRET_SIGNATURE:
         return value["value"]
     return None
 

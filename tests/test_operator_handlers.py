@@ -1,18 +1,16 @@
 """The kopf handlers and the admission webhook, called directly as kopf would call them, with the
 real MLflow registry and OpenBao behind the resolver. Only the API server is replaced: by an
-in-memory `Cluster`, since no kube-apiserver runs here. Events go through kopf's own posting queue.
+in-memory `Cluster`, since no kube-apiserver runs here. Events are recorded where kopf would post them.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 import pytest
 import yaml
-from kopf._core.engines import posting
 
 from monitoring import catalogue
 from operators import handlers
@@ -54,27 +52,35 @@ class InMemoryCluster:
         return sorted(key[1:] for key in self.objects if key[0] == namespace)
 
 
+Event = tuple[str, str, str]
+
+
 @pytest.fixture
-def events() -> Iterator[asyncio.Queue]:
-    """kopf's event queue, as the running operator sets it up; handlers post into it."""
-    queue: asyncio.Queue = asyncio.Queue()
-    tokens = [
-        posting.settings_var.set(kopf.OperatorSettings()),
-        posting.event_queue_var.set(queue),
-        posting.event_queue_loop_var.set(None),
-    ]
-    yield queue
-    for var, token in zip(
-        (posting.settings_var, posting.event_queue_var, posting.event_queue_loop_var), tokens, strict=True
-    ):
-        var.reset(token)
+def events(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
+    """The events the handlers post through kopf's public `event`, `info` and `warn`, as (type, reason, message).
+
+    kopf hands them to the API server, which does not run here; its own types are kept (`info` is Normal,
+    `warn` is Warning).
+    """
+    recorded: list[Event] = []
+
+    def event(body: Any, *, type: str, reason: str, message: str = "") -> None:
+        recorded.append((type, reason, message))
+
+    monkeypatch.setattr(kopf, "event", event)
+    monkeypatch.setattr(
+        kopf, "info", lambda body, *, reason, message="": event(body, type="Normal", reason=reason, message=message)
+    )
+    monkeypatch.setattr(
+        kopf, "warn", lambda body, *, reason, message="": event(body, type="Warning", reason=reason, message=message)
+    )
+    return recorded
 
 
-def posted(queue: asyncio.Queue) -> list[tuple[str, str, str]]:
-    drained = []
-    while not queue.empty():
-        event = queue.get_nowait()
-        drained.append((event.type, event.reason, event.message))
+def posted(events: list[Event]) -> list[Event]:
+    """The events posted since the last call."""
+    drained = list(events)
+    events.clear()
     return drained
 
 
@@ -101,7 +107,7 @@ def model_deployment(model: str, generation: int = 1, status: dict | None = None
 
 
 def test_create_applies_the_objects_and_writes_status_and_events(
-    memo: kopf.Memo, events: asyncio.Queue, publish: Callable[[str], str]
+    memo: kopf.Memo, events: list[Event], publish: Callable[[str], str]
 ) -> None:
     version = publish("k8s-create")
     patch = kopf.Patch()
@@ -137,7 +143,7 @@ def reviews(kind: str, result: str) -> float:
 
 
 def test_the_timer_follows_a_promotion_and_delete_cleans_up(
-    memo: kopf.Memo, events: asyncio.Queue, publish: Callable[[str], str]
+    memo: kopf.Memo, events: list[Event], publish: Callable[[str], str]
 ) -> None:
     first = publish("k8s-follow")
     patch = kopf.Patch()
@@ -168,7 +174,7 @@ def test_the_timer_follows_a_promotion_and_delete_cleans_up(
     assert "NetworkPolicy/student-egress" in message
 
 
-def test_an_invalid_spec_is_a_permanent_error_naming_the_field(memo: kopf.Memo, events: asyncio.Queue) -> None:
+def test_an_invalid_spec_is_a_permanent_error_naming_the_field(memo: kopf.Memo, events: list[Event]) -> None:
     with pytest.raises(kopf.PermanentError, match=r"spec.replicas: Input should be greater than or equal to 0"):
         handlers.reconcile_model_deployment(
             body=model_deployment("models:/x@production", replicas=-1), patch=kopf.Patch(), memo=memo
@@ -255,7 +261,7 @@ def residency_policy(spec: dict[str, Any]) -> kopf.Body:
     )
 
 
-def test_a_residency_policy_is_validated_by_the_policies_model(events: asyncio.Queue) -> None:
+def test_a_residency_policy_is_validated_by_the_policies_model(events: list[Event]) -> None:
     policy = load_default_policy()
     spec = policy.model_dump(mode="json", by_alias=True, exclude_none=True)["spec"]
     memo = kopf.Memo(policies={})
@@ -300,8 +306,10 @@ def test_the_cluster_builder_serves_the_checkout_to_the_deployments_tenants(
     openbao: Any, tiny_checkpoint: Any, default_policy: ResidencyPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`serving.cluster:build`, as the RayService of a torch ModelDeployment imports it."""
+    from ray.serve import Application
+
     from serving.app import ResidencyViolation
-    from serving.cluster import build
+    from serving.cluster import build, cluster_serving
 
     monkeypatch.setenv("VAULT_ADDR", openbao.address)
     monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
@@ -313,11 +321,11 @@ def test_the_cluster_builder_serves_the_checkout_to_the_deployments_tenants(
         "policy": default_policy.model_dump(mode="json", by_alias=True),
         "tenants": ["acme"],
     }
-    ingress = build(arguments)._bound_deployment
-    card, site, policy = ingress.init_args[1:4]
-    assert (card.id, card.revision, site) == ("student", "student/2", "kr-seoul-1")
+    assert isinstance(build(arguments), Application)
+    config, policy, card, _ = cluster_serving(arguments)
+    assert (card.id, card.revision, config.site) == ("student", "student/2", "kr-seoul-1")
     assert policy.digest() == default_policy.digest()
-    assert ingress.init_args[-1] == frozenset({"acme"})
+    assert config.tenants == ["acme"]
     with pytest.raises(ResidencyViolation, match="refusing to serve on site `us-east-1`"):
         build({**arguments, "site": "us-east-1"})
 

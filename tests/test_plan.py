@@ -341,8 +341,7 @@ def test_engine_kwargs_and_both_application_forms_validate_against_serve_schema(
 
 
 def test_llm_configs_validate_against_ray_serve_llms_model() -> None:
-    # Ray Serve LLM's builders need vLLM to import, its LLMConfig model does not.
-    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+    from ray.serve.llm import LLMConfig
 
     kwargs = vllm.engine_kwargs(1, 1, 16, 16, 131072, "fp8")
     config = LLMConfig.model_validate(vllm.llm_config("axk1", "/models/axk1", "H200", kwargs, {"max_replicas": 2}))

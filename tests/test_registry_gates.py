@@ -25,6 +25,7 @@ from policies.registry import (
     parse_dataset_option,
     verify_directory,
 )
+from serving.registry import alias_problem, model_name_problem
 from tests.conftest import manifest_of
 
 DEFAULT_TEXT = default_policy_path().read_text(encoding="utf-8")
@@ -227,3 +228,41 @@ def test_parameter_counts_of_the_full_model(tmp_path: Path) -> None:
     counts = parameter_counts(tmp_path)
     assert human_count(counts.total) == "519.0B"
     assert human_count(counts.active) == "32.8B"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("axk1-student", None),
+        ("학생 모델 v2", None),
+        ("", "cannot be empty"),
+        ("   ", "cannot be empty"),
+        ("a/b", "cannot contain '/' or ':'"),
+        ("a:b", "cannot contain '/' or ':'"),
+        (".", "would resolve to '.'"),
+        ("..", "would resolve to '..'"),
+    ],
+)
+def test_model_names_follow_mlflows_documented_rules(name: str, problem: str | None) -> None:
+    found = model_name_problem(name)
+    assert found is None if problem is None else problem in found
+
+
+@pytest.mark.parametrize(
+    ("alias", "problem"),
+    [
+        ("production", None),
+        ("canary_2026-12", None),
+        ("v2-candidate", None),
+        ("", "cannot be empty"),
+        ("prod uction", "may only contain alphanumerics"),
+        ("prod@1", "may only contain alphanumerics"),
+        ("x" * 256, "at most 255 characters"),
+        ("Latest", "'latest' alias name (case insensitive) is reserved"),
+        ("v3", "Version alias name 'v3' is reserved"),
+        ("V12", "Version alias name 'V12' is reserved"),
+    ],
+)
+def test_aliases_follow_mlflows_documented_rules(alias: str, problem: str | None) -> None:
+    found = alias_problem(alias)
+    assert found is None if problem is None else problem in found
