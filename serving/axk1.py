@@ -41,7 +41,12 @@ _PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 def moe_layers(config: AXK1Config) -> list[int]:
-    return [index for index, kind in enumerate(config.mlp_layer_types) if kind == "sparse"]
+    """The MoE layers: `mlp_layer_types` where the config lists them (transformers ≥ 5.20), else all after the
+    first `first_k_dense_replace` dense ones, as the transformers release vLLM pins reads it."""
+    kinds = getattr(config, "mlp_layer_types", None)
+    if kinds is not None:
+        return [index for index, kind in enumerate(kinds) if kind == "sparse"]
+    return list(range(config.first_k_dense_replace, config.num_hidden_layers))
 
 
 def expert_tensor_names(layer: int, expert: int) -> list[str]:
@@ -273,7 +278,8 @@ class _Model(nn.Module):
     def __init__(self, config: AXK1Config) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(_Layer(config, kind == "sparse") for kind in config.mlp_layer_types)
+        sparse = set(moe_layers(config))
+        self.layers = nn.ModuleList(_Layer(config, index in sparse) for index in range(config.num_hidden_layers))
         self.norm = AXK1RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 

@@ -4,9 +4,9 @@ This is the one builder of that configuration: the operator writes it into a `Mo
 RayService and `sovereign plan` prints it. The dicts are what a Serve config file holds (`serve deploy`,
 KubeRay's `serveConfigV2`), so they validate against `ray.serve.schema.ServeDeploySchema`.
 
-vLLM is an optional extra (`pip install 'sovereign-stack[vllm]'`), needed only where the application
-runs. This module imports neither vLLM nor Ray nor torch, so the config is built, checked and tested
-on machines without them (`ray.serve.llm` itself cannot be imported without vLLM).
+vLLM is the `vllm` extra (its CPU build, which the lock and the tests install; GPU nodes run the CUDA
+build from the vLLM image). This module imports neither vLLM nor Ray nor torch, so the config is built
+and checked on machines without them (`ray.serve.llm` itself cannot be imported without vLLM).
 """
 
 from __future__ import annotations

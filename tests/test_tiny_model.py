@@ -31,8 +31,8 @@ def test_architecture_is_axk1_in_miniature(tiny_checkpoint: Path) -> None:
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     assert config["model_type"] == "axk1"
     assert config["architectures"] == ["AXK1ForCausalLM"]
-    assert config["mlp_layer_types"][0] == "dense"
-    assert set(config["mlp_layer_types"][1:]) == {"sparse"}
+    assert config["first_k_dense_replace"] == 1
+    assert config["num_hidden_layers"] > 1
     assert config["n_shared_experts"] == 1
     assert config["n_routed_experts"] > config["num_experts_per_tok"] > 1
     assert config["n_group"] > config["topk_group"] >= 1
