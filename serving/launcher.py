@@ -124,35 +124,32 @@ class RunningStack:
         return f"http://{host}:{self.config.port}"
 
     def stop(self) -> None:
-        """Stop the stack and record that in the audit log."""
+        """Stop the stack: Prometheus, Ray (or Serve) and the registry, record the stop, then OpenBao (the log
+        signs with it)."""
         if self.follower is not None:
             self.follower.stop()
         if self.prometheus is not None:
             self.prometheus.stop()
-        self.stop_services(record=True)
-
-    def stop_services(self, record: bool = False) -> None:
-        """Stop Ray (or Serve) and the registry, record the stop if asked, then OpenBao (the log signs with it).
-
-        Without `record`, this undoes a start that failed part-way.
-        """
-        self.shut_down()
+        stop_ray(self.started_ray, self.config.resolved_state_dir())
         if self.registry is not None:
             self.registry.stop()
-        if record:
-            self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
+        self.record_stop()
         self.openbao.stop()
 
-    def shut_down(self) -> None:
-        """Stop Serve, or the whole local Ray cluster (Serve included) when this stack started it."""
-        import ray
-        from ray import serve
+    def record_stop(self) -> None:
+        self.audit.append("admin", action="stack.stop", principal=_operator(), model=self.card.id)
 
-        if self.started_ray:
-            ray.shutdown()
-            shutil.rmtree(metrics_dir(self.config.resolved_state_dir(), os.getpid()), ignore_errors=True)
-        else:
-            serve.shutdown()
+
+def stop_ray(started_ray: bool, state_dir: Path) -> None:
+    """Stop Serve, or the whole local Ray cluster (Serve included) when this stack started it."""
+    import ray
+    from ray import serve
+
+    if started_ray:
+        ray.shutdown()
+        shutil.rmtree(metrics_dir(state_dir, os.getpid()), ignore_errors=True)
+    else:
+        serve.shutdown()
 
 
 def check_port_free(host: str, port: int, option: str = "--port") -> None:
@@ -189,16 +186,15 @@ def start_stack(
     if config.model_uri is None:
         step("Preparing the model checkpoint")
         card = resolve_model(config)
-    # The registry takes seconds to start: it warms up while OpenBao and Ray do.
-    registry = _start_registry(config)
-    step("Starting OpenBao" if config.vault_addr is None else f"Connecting to OpenBao at {config.vault_addr}")
-    try:
-        openbao = prepare_openbao(config, policy)
-    except BaseException:
+    # Each part started is stopped again, newest first, if a later step fails; on success the stack owns them.
+    with contextlib.ExitStack() as undo:
+        # The registry takes seconds to start: it warms up while OpenBao and Ray do.
+        registry = _start_registry(config)
         if registry is not None:
-            registry.stop()
-        raise
-    try:
+            undo.callback(registry.stop)
+        step("Starting OpenBao" if config.vault_addr is None else f"Connecting to OpenBao at {config.vault_addr}")
+        openbao = prepare_openbao(config, policy)
+        undo.callback(openbao.stop)
         if config.model_uri is not None:
             step(f"Fetching {config.model_uri} and verifying its checksums")
             if registry is not None:
@@ -206,67 +202,54 @@ def start_stack(
             address = config.registry_uri or _address(registry)
             card = checkout_from_registry(config, _registry_for(policy, openbao, address))
         app = build_app(config, policy, card, openbao.access)
-    except BaseException:
-        if registry is not None:
-            registry.stop()
-        openbao.stop()
-        raise
 
-    step("Starting Ray")
-    os.environ.update(EMBEDDED_ENVIRONMENT)
-    import ray
-    from ray import serve
+        step("Starting Ray")
+        os.environ.update(EMBEDDED_ENVIRONMENT)
+        import ray
+        from ray import serve
 
-    # Serve's INFO lines would interleave with the command's own progress output.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        # Every Ray process of this stack inherits it: the gateway's /metrics then merges all replicas.
-        os.environ[METRICS_DIR_ENV] = str(fresh_metrics_dir(config.resolved_state_dir()))
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    gateway = connect(openbao.access.vault_addr, openbao.access.vault_token.get_secret_value())
-    audit = open_log(config.resolved_state_dir(), TransitSigner(gateway))
-    registry_uri = config.registry_uri or (registry.address if registry else None)
-    stack = RunningStack(config, card, started_ray, audit, openbao, registry=registry, registry_uri=registry_uri)
-    step("Deploying the model server and the OpenAI API on Ray Serve")
-    try:
-        serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-    except RuntimeError as error:
-        cause = _deployment_failure(serve) or str(error)
-        stack.stop_services()
-        raise DeploymentFailed(cause) from None
-    except BaseException:
-        stack.stop_services()
-        raise
-    audit.append(
-        "admin",
-        action="stack.start",
-        principal=_operator(),
-        site=config.site,
-        model=card.id,
-        policy=policy.metadata.name,
-        policySha256=policy.digest(),
-    )
-    if config.prometheus_port is not None:
-        step("Starting Prometheus")
+        # Serve's INFO lines would interleave with the command's own progress output.
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            # Every Ray process of this stack inherits it: the gateway's /metrics then merges all replicas.
+            os.environ[METRICS_DIR_ENV] = str(fresh_metrics_dir(config.resolved_state_dir()))
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        undo.callback(stop_ray, started_ray, config.resolved_state_dir())
+        step("Opening the audit log")
+        gateway = connect(openbao.access.vault_addr, openbao.access.vault_token.get_secret_value())
+        audit = open_log(config.resolved_state_dir(), TransitSigner(gateway))
+        registry_uri = config.registry_uri or (registry.address if registry else None)
+        stack = RunningStack(config, card, started_ray, audit, openbao, registry=registry, registry_uri=registry_uri)
+        step("Deploying the model server and the OpenAI API on Ray Serve")
         try:
+            serve.start(http_options={"host": config.host, "port": config.port})
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        except RuntimeError as error:
+            raise DeploymentFailed(_deployment_failure(serve) or str(error)) from None
+        audit.append(
+            "admin",
+            action="stack.start",
+            principal=_operator(),
+            site=config.site,
+            model=card.id,
+            policy=policy.metadata.name,
+            policySha256=policy.digest(),
+        )
+        undo.callback(stack.record_stop)
+        if config.prometheus_port is not None:
+            step("Starting Prometheus")
             stack.prometheus = start_local_prometheus(stack, policy)
-        except BaseException:
-            stack.stop()
-            raise
-    if registry is not None:
-        step("Starting the model registry (MLflow)")
-        try:
+            undo.callback(stack.prometheus.stop)
+        if registry is not None:
+            step("Starting the model registry (MLflow)")
             registry.wait_ready()
             if config.model_uri is None and config.model_path is None:
                 register_tiny_model(registry.address, policy, openbao, card)
-        except BaseException:
-            stack.stop()
-            raise
-    if config.follow_seconds is not None:
-        stack.follower = AliasFollower(stack, policy, announce)
-        stack.follower.start()
+        if config.follow_seconds is not None:
+            stack.follower = AliasFollower(stack, policy, announce)
+            stack.follower.start()
+        undo.pop_all()
     return stack
 
 

@@ -1,3 +1,3 @@
-from sovereign.cli import app
+from sovereign.cli import run
 
-app()
+run()

@@ -36,7 +36,17 @@ if TYPE_CHECKING:
 from sovereign.access_cli import keys_app, openbao_app, tenants_app
 from sovereign.chart_cli import chart_app
 from sovereign.operator_cli import operator_app
-from sovereign.output import EXIT_FAILED, EXIT_USAGE, PolicyFile, console, errors, fail, load_policy_option
+from sovereign.output import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PolicyFile,
+    console,
+    crash,
+    errors,
+    fail,
+    load_policy_option,
+    run_guarded,
+)
 from sovereign.plan_cli import EPILOG as PLAN_EPILOG
 from sovereign.plan_cli import plan
 from sovereign.registry_cli import registry_app
@@ -65,6 +75,11 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(operator_app, name="operator")
 app.add_typer(chart_app, name="chart")
 app.command(epilog=PLAN_EPILOG)(plan)
+
+
+def run() -> None:
+    """The `sovereign` console script."""
+    run_guarded(app)
 
 
 def _print_version(requested: bool) -> None:
@@ -297,6 +312,8 @@ def _start(config: ServingConfig, residency: ResidencyPolicy) -> RunningStack:
         fail(str(error), "the token needs the rights to bootstrap mounts, policies and tokens (see docs/access.md)")
     except ValueError as error:
         fail(str(error))
+    except Exception as error:
+        crash(error, last[-1][0] if last else "starting the stack")
     return stack
 
 

@@ -215,3 +215,36 @@ def test_up_with_an_upstream_the_policy_does_not_allow() -> None:
         "error: refusing upstream `gpt` at https://api.openai.com/v1: `https://api.openai.com/v1` is neither a site "
         "nor on the egress allowlist; egress is denied by default (spec.egress.default)"
     )
+
+
+def test_an_error_no_command_caught_is_one_line_and_its_traceback_goes_to_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from sovereign.output import run_guarded
+
+    monkeypatch.setenv("SOVEREIGN_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr("sys.argv", ["sovereign", "explode", "--now"])
+    broken = typer.Typer()
+
+    @broken.command()
+    def explode(now: bool = False) -> None:
+        raise RuntimeError("the disk went away")
+
+    @broken.command()
+    def hold() -> None:
+        """A second command, so that Typer keeps `explode` a subcommand."""
+
+    with pytest.raises(SystemExit) as exited:
+        run_guarded(broken)
+    assert exited.value.code == 1
+    log = tmp_path / "sovereign.log"
+    stderr = capsys.readouterr().err.splitlines()
+    assert stderr == [
+        "error: sovereign explode failed: RuntimeError: the disk went away",
+        f"hint: the full traceback is in {log}; fix what it names and run the command again",
+    ]
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert "sovereign explode --now" in log.read_text()

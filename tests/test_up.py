@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -190,3 +191,52 @@ def test_ctrl_c_shuts_down_cleanly(running_up: tuple[subprocess.Popen[str], Outp
     assert registry
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{registry.group(1)}/health")
+
+
+def processes_with(marker: str) -> list[str]:
+    """The command lines of live processes whose environment holds `marker`: everything a run started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if marker.encode() not in environ.read():
+                    continue
+            with open(f"/proc/{entry}/status") as status:
+                if "State:\tZ" in status.read():
+                    continue  # exited, not yet reaped by its parent
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                found.append(cmdline.read().replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def test_a_start_that_fails_halfway_names_the_step_and_the_log_and_leaves_nothing_running(
+    tmp_path: Path, allocate_port: Callable[[], int]
+) -> None:
+    """OpenBao, MLflow and Ray are up when the audit log cannot be opened (its directory is a file)."""
+    (tmp_path / "audit").write_text("not a directory")
+    run = f"halfway-{os.getpid()}"
+    environment = {**os.environ, "SOVEREIGN_STATE_DIR": str(tmp_path), "COLUMNS": "200", "SOVEREIGN_TEST_RUN": run}
+    arguments = ["--port", str(allocate_port()), "--registry-port", str(allocate_port())]
+    result = subprocess.run(
+        [sys.executable, "-m", "sovereign", "up", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=240,
+        start_new_session=True,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    log = tmp_path / "sovereign.log"
+    assert result.stderr.splitlines() == [
+        f"error: Opening the audit log failed: FileExistsError: [Errno 17] File exists: '{tmp_path / 'audit'}'",
+        f"hint: the full traceback is in {log}; fix what it names and run the command again",
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert "✓ Starting Ray" in result.stdout, "the failure came after OpenBao, the registry and Ray had started"
+    deadline = time.monotonic() + 30  # Ray's workers exit on their own once the raylet is gone
+    while left := processes_with(f"SOVEREIGN_TEST_RUN={run}"):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.2)
