@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import re
 import shutil
 import tempfile
@@ -777,9 +776,9 @@ def model_name_problem(name: str) -> str | None:
         return "a model name cannot be empty."
     if "/" in name or ":" in name:
         return f"Invalid model name '{name}'. Names cannot contain '/' or ':'."
-    normalised = posixpath.normpath(name)
-    if normalised != name or normalised == "." or normalised.startswith(".."):
-        return f"Invalid model name '{name}': it would resolve to {normalised!r} when treated as a path."
+    # Without a '/', only these two change meaning when the name is used as a path.
+    if name in {".", ".."}:
+        return f"Invalid model name '{name}': it would resolve to {name!r} when treated as a path."
     return None
 
 

@@ -235,6 +235,7 @@ def test_parameter_counts_of_the_full_model(tmp_path: Path) -> None:
     [
         ("axk1-student", None),
         ("학생 모델 v2", None),
+        ("..axk1", None),
         ("", "cannot be empty"),
         ("   ", "cannot be empty"),
         ("a/b", "cannot contain '/' or ':'"),
