@@ -61,8 +61,11 @@ def run_make_up(clone: Path, caches: Path) -> dict[str, float]:
         for line in process.stdout:
             if (key := re.search(r"OPENAI_API_KEY=(\S+)", line)) is not None:
                 api_key = key.group(1)
+            # make echoes each install command as it starts it.
+            if "uv pip sync" in line:
+                timings["venv, uv and the lock check ready; sync from the lock starts"] = time.monotonic() - started
             if "uv pip install" in line:
-                timings["venv ready, install starts"] = time.monotonic() - started
+                timings["lock synced; the project's editable install starts"] = time.monotonic() - started
             if (step := re.search(r"✓ (.+) \((\d+\.\d) s\)", line)) is not None:
                 timings[f"  step: {step.group(1)}"] = float(step.group(2))
             if (match := re.search(r"Serving \S+ in (\d+\.\d) s", line)) is not None:
