@@ -6,6 +6,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -123,3 +124,32 @@ def test_upper_bounds_say_why():
         ):
             continue
         assert lines[number - 1].strip().startswith("#"), f"pyproject.toml:{number + 1}: {line.strip()} has no reason"
+
+
+def check_lock(tmp_path: Path, edit: Callable[[str], str]) -> subprocess.CompletedProcess[str]:
+    """`make check-lock` on a copy of the project whose pyproject.toml is edited, with this venv's uv."""
+    for name in ("Makefile", "requirements.lock", "README.md"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "pyproject.toml").write_text(edit((ROOT / "pyproject.toml").read_text()))
+    venv = Path(sys.executable).parent.parent
+    return subprocess.run(
+        ["make", "--no-print-directory", "check-lock", f"VENV={venv}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_the_lock_check_passes_while_the_lock_matches(tmp_path):
+    result = check_lock(tmp_path, lambda text: text)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_lock_that_no_longer_matches_stops_the_install_and_names_the_command(tmp_path):
+    added = check_lock(tmp_path, lambda text: text.replace('"pyyaml>=6.0",', '"pyyaml>=6.0",\n    "tomli-w>=1.0",'))
+    assert added.returncode != 0
+    assert "requirements.lock does not match pyproject.toml; run `make lock` to refresh it" in added.stderr
+    assert "+tomli-w==" in added.stderr
+    assert (tmp_path / "requirements.lock").read_bytes() == LOCK.read_bytes(), "the check must not rewrite the lock"
