@@ -22,10 +22,12 @@ SEED = 20260101
 CONTEXT_LENGTH = 2048
 # A.X K1's shape in miniature: layer 0 dense, the rest MoE; 8 routed experts in 4 groups with
 # sigmoid group-limited top-2 routing, one shared expert, MLA with low-rank q and kv projections.
+# The MLA latent keeps A.X K1's real width (kv_lora_rank 512 + qk_rope_head_dim 64 = 576): it is the
+# only head size vLLM's CPU MLA kernels support. Everything else is small.
 TINY_ARCHITECTURE: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "moe_intermediate_size": 32,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "moe_intermediate_size": 64,
     "num_hidden_layers": 3,
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
@@ -35,15 +37,15 @@ TINY_ARCHITECTURE: dict[str, Any] = {
     "n_group": 4,
     "topk_group": 2,
     "routed_scaling_factor": 2.5,
-    "kv_lora_rank": 16,
-    "q_lora_rank": 32,
-    "qk_rope_head_dim": 8,
-    "qk_nope_head_dim": 16,
-    "v_head_dim": 16,
+    "kv_lora_rank": 512,
+    "q_lora_rank": 64,
+    "qk_rope_head_dim": 64,
+    "qk_nope_head_dim": 32,
+    "v_head_dim": 32,
     "max_position_embeddings": CONTEXT_LENGTH,
     "first_k_dense_replace": 1,
 }
-_BUILD_VERSION = "1"
+_BUILD_VERSION = "2"
 
 
 def default_cache_dir() -> Path:
@@ -89,9 +91,14 @@ def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def build_tiny_checkpoint(directory: Path) -> None:
-    """Write the tokenizer, config and seeded random weights of the tiny model into `directory`."""
+def build_tiny_checkpoint(directory: Path, initializer_range: float | None = None) -> None:
+    """Write the tokenizer, config and seeded random weights of the tiny model into `directory`.
+
+    `initializer_range` (the weights' standard deviation) defaults to transformers' 0.02, at which a random
+    model's next-token distribution is nearly flat; the parity tests build a sharper one.
+    """
     import torch
+    from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer, AXK1Config, AXK1ForCausalLM, GenerationConfig
     from transformers.utils import logging as transformers_logging
 
@@ -100,8 +107,9 @@ def build_tiny_checkpoint(directory: Path) -> None:
     transformers_logging.disable_progress_bar()
     build_tokenizer(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
+    sizes = TINY_ARCHITECTURE | ({} if initializer_range is None else {"initializer_range": initializer_range})
     config = AXK1Config(
-        **TINY_ARCHITECTURE,
+        **sizes,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -111,3 +119,10 @@ def build_tiny_checkpoint(directory: Path) -> None:
     model = AXK1ForCausalLM(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(directory)
+    # Released A.X K1 checkpoints hold a `post_mlp_layernorm` in every layer and vLLM's loader asks for each;
+    # transformers writes it only for MoE layers (the only ones that apply it), so the dense ones get theirs here.
+    weights_file = directory / "model.safetensors"
+    weights = load_file(weights_file)
+    for layer in range(config.first_k_dense_replace):
+        weights[f"model.layers.{layer}.post_mlp_layernorm.weight"] = torch.ones(config.hidden_size)
+    save_file(weights, weights_file, metadata={"format": "pt"})

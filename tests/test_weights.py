@@ -63,7 +63,7 @@ def test_each_expert_shard_reads_its_share_of_the_expert_bytes_and_nothing_else(
         tensors = CheckpointTensors(sharded)
         bank = ExpertBank(tensors, config, shard_experts(8, shard, shards), torch.float32, "cpu")
         assert tensors.bytes_read == total // shards
-        assert bank.gate_up[1].shape == (8 // shards, 2 * 32, 64)
+        assert bank.gate_up[1].shape == (8 // shards, 2 * config.moe_intermediate_size, config.hidden_size)
 
 
 def test_a_missing_expert_tensor_is_named(sharded: Path) -> None:
@@ -114,7 +114,7 @@ def test_a_shape_that_does_not_match_config_json_names_the_tensor_and_the_config
     with pytest.raises(
         CheckpointError,
         match=r"tensor `model\.layers\.1\.mlp\.experts\.0\.gate_proj\.weight` .* "
-        r"has shape \[32, 64\], but config.json implies \[48, 64\]",
+        r"has shape \[64, 128\], but config.json implies \[48, 128\]",
     ):
         check_expert_tensors(CheckpointTensors(sharded), AXK1Config.from_pretrained(sharded))
 
@@ -126,7 +126,7 @@ def test_a_trunk_shape_mismatch_is_named_before_any_weight_is_read(sharded: Path
     tensors = CheckpointTensors(sharded)
     with pytest.raises(
         CheckpointError,
-        match=r"tensor `model\.layers\.0\.self_attn\.kv_a_proj_with_mqa\.weight` .* has shape \[24, 64\], but config",
+        match=r"tensor `model\.layers\.0\.self_attn\.kv_a_proj_with_mqa\.weight` .* has shape \[576, 128\], but config",
     ):
         Trunk.load(tensors, AXK1Config.from_pretrained(sharded), torch.float32, "cpu")
     assert tensors.bytes_read == 0
