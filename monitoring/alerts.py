@@ -216,45 +216,31 @@ ALERTS = [
         ],
     ),
     Alert(
-        "SovereignExpertShardDown",
-        "min by (shard) (sovereign_expert_shard_up) < 1 or absent(sovereign_expert_shard_up)",
-        "page",
-        "An expert shard is down",
-        "Expert shard `{{ $labels.shard }}` reports down, or no shard reports at all; requests routed to its "
-        "experts fail.",
-        "expert-shard-down",
-        [
-            Case({'sovereign_expert_shard_up{shard="1"}': "1 1 0 0 0 0"}, "5m", [{"shard": "1"}]),
-            Case({'sovereign_expert_shard_up{shard="1"}': "1 1 1 1 1 1"}, "5m"),
-            Case({'sovereign_expert_shard_up{shard="1"}': "_ _ _ _ _ _"}, "5m", [{}]),
-        ],
-        hold="1m",
-    ),
-    Alert(
-        "SovereignExpertShardRestarting",
-        "sum by (shard) (increase(sovereign_expert_shard_restarts_total[15m])) > 2",
-        "ticket",
-        "An expert shard keeps restarting",
-        "Expert shard `{{ $labels.shard }}` was replaced more than twice in 15 minutes; every replacement failed the "
-        "requests in flight.",
-        "expert-shard-restarting",
-        [
-            Case({'sovereign_expert_shard_restarts_total{shard="1"}': "0 1 2 3 4 5"}, "5m", [{"shard": "1"}]),
-            Case({'sovereign_expert_shard_restarts_total{shard="1"}': "0 1 1 1 1 1"}, "5m"),
-        ],
-    ),
-    Alert(
         "SovereignKVCacheSaturated",
-        "max(sovereign_kv_cache_usage_ratio) > 0.9",
+        "max(vllm:kv_cache_usage_perc) > 0.9",
         "ticket",
         "The KV cache is nearly full",
-        "More than 90% of the KV cache has been in use for 5 minutes: new requests queue; add replicas.",
+        "More than 90% of vLLM's KV cache has been in use for 5 minutes: new requests queue; add replicas.",
         "kv-cache-saturated",
         [
-            Case({"sovereign_kv_cache_usage_ratio": "0.95+0x10"}, "8m", [{}]),
-            Case({"sovereign_kv_cache_usage_ratio": "0.5+0x10"}, "8m"),
+            Case({"vllm:kv_cache_usage_perc": "0.95+0x10"}, "8m", [{}]),
+            Case({"vllm:kv_cache_usage_perc": "0.5+0x10"}, "8m"),
         ],
         hold="5m",
+    ),
+    Alert(
+        "SovereignEnginePreempting",
+        "sum(rate(vllm:num_preemptions_total[5m])) > 0.1",
+        "ticket",
+        "vLLM keeps preempting requests",
+        "vLLM has evicted running requests for KV-cache room for 10 minutes (over 0.1 per second): the work is "
+        "recomputed, so latency and cost grow; add replicas or lower the context limit.",
+        "engine-preempting",
+        [
+            Case({"vllm:num_preemptions_total": "0+60x20"}, "15m", [{}]),
+            Case({"vllm:num_preemptions_total": "0+1x20"}, "15m"),
+        ],
+        hold="10m",
     ),
     Alert(
         "SovereignPromotionRefused",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -100,54 +101,37 @@ REQUESTS_WAITING = Gauge(
     multiprocess_mode="livesum",
     registry=REGISTRY,
 )
-KV_CACHE_USAGE = Gauge(
-    f"{PREFIX}_kv_cache_usage_ratio",
-    "Share of the KV cache capacity in use (tokens held / replica slots times context), highest replica.",
-    multiprocess_mode="livemax",
-    registry=REGISTRY,
+
+# --- the engine (vLLM) ---------------------------------------------------------------------------
+# vLLM records these itself in the model-server process (its `AsyncLLM`, stats logging on); they reach
+# the gateway's `/metrics` through the same shared directory as ours. Named here because the dashboards
+# and alerts use them; the live test checks vLLM really exports each.
+
+
+@dataclass(frozen=True)
+class EngineMetric:
+    name: str
+    type: Literal["counter", "gauge", "histogram"]
+    description: str
+
+
+ENGINE_METRICS = (
+    EngineMetric("vllm:time_to_first_token_seconds", "histogram", "Time from arrival in vLLM to the first token."),
+    EngineMetric("vllm:inter_token_latency_seconds", "histogram", "Time between consecutive tokens of a request."),
+    EngineMetric("vllm:request_queue_time_seconds", "histogram", "Time a request waited in vLLM's queue."),
+    EngineMetric("vllm:e2e_request_latency_seconds", "histogram", "Time from arrival in vLLM to the last token."),
+    EngineMetric("vllm:num_requests_running", "gauge", "Requests in vLLM's running batch."),
+    EngineMetric("vllm:num_requests_waiting", "gauge", "Requests queued in vLLM, waiting for KV-cache room."),
+    EngineMetric("vllm:kv_cache_usage_perc", "gauge", "Share of vLLM's KV-cache blocks in use (0 to 1)."),
+    EngineMetric("vllm:num_preemptions", "counter", "Running requests vLLM evicted to free KV cache."),
 )
-EXPERT_TOKENS = Counter(
-    f"{PREFIX}_expert_tokens",
-    "Tokens routed to each routed expert, by MoE layer and expert index.",
-    ["layer", "expert"],
-    registry=REGISTRY,
-)
-EXPERT_IMBALANCE = Gauge(
-    f"{PREFIX}_expert_imbalance_ratio",
-    "Max over mean tokens per expert in a MoE layer over the last generation window (1 is balanced).",
-    ["layer"],
-    multiprocess_mode="livemax",
-    registry=REGISTRY,
-)
-EXPERT_SHARD_CALL_LATENCY = Histogram(
-    f"{PREFIX}_expert_shard_call_duration_seconds",
-    "Time of one batched call to an expert shard (its routed experts of one MoE layer), by shard.",
-    ["shard"],
-    buckets=TOKEN_BUCKETS,
-    registry=REGISTRY,
-)
-EXPERT_SHARD_ERRORS = Counter(
-    f"{PREFIX}_expert_shard_errors", "Failed calls to an expert shard, by shard.", ["shard"], registry=REGISTRY
-)
-EXPERT_SHARD_RESTARTS = Counter(
-    f"{PREFIX}_expert_shard_restarts",
-    "Expert shards replaced by a fresh actor after they died or stopped answering, by shard.",
-    ["shard"],
-    registry=REGISTRY,
-)
-BATCH_SEQUENCES = Histogram(
-    f"{PREFIX}_batch_sequences",
-    "Sequences in one continuous-batching step (prefills and decodes together).",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-    registry=REGISTRY,
-)
-EXPERT_SHARD_UP = Gauge(
-    f"{PREFIX}_expert_shard_up",
-    "1 while an expert shard holds its experts and answers; the series vanishes with its process.",
-    ["shard"],
-    multiprocess_mode="livemax",
-    registry=REGISTRY,
-)
+KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+PREEMPTIONS = "vllm:num_preemptions_total"
+ENGINE_QUEUE = "vllm:num_requests_waiting"
+ENGINE_RUNNING = "vllm:num_requests_running"
+ENGINE_TTFT = "vllm:time_to_first_token_seconds"
+ENGINE_ITL = "vllm:inter_token_latency_seconds"
+ENGINE_QUEUE_TIME = "vllm:request_queue_time_seconds"
 
 # --- residency -----------------------------------------------------------------------------------
 
@@ -282,7 +266,8 @@ _SAMPLE_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", 
 def metric_names() -> dict[str, str]:
     """Every sample name the catalogue can expose (with `_total`, `_bucket`, ...), mapped to its metric type."""
     names: dict[str, str] = {}
-    for metric in REGISTRY.collect():
-        for suffix in _SAMPLE_SUFFIXES.get(metric.type, ("",)):
-            names[metric.name + suffix] = metric.type
+    described = [(metric.name, metric.type) for metric in REGISTRY.collect()]
+    for name, kind in described + [(metric.name, metric.type) for metric in ENGINE_METRICS]:
+        for suffix in _SAMPLE_SUFFIXES.get(kind, ("",)):
+            names[name + suffix] = kind
     return names

@@ -38,6 +38,13 @@ def _quantiles(metric: Any, by: str, selector: str = "") -> list[tuple[str, str]
     ]
 
 
+def _engine_quantiles(name: str) -> list[tuple[str, str]]:
+    """p50 and p99 of one of vLLM's histograms, over every replica."""
+    return [
+        (f"histogram_quantile({q}, sum by (le) (rate({name}_bucket{RATE})))", f"p{int(q * 100)}") for q in (0.5, 0.99)
+    ]
+
+
 @dataclass(frozen=True)
 class Panel:
     title: str
@@ -74,7 +81,6 @@ def _query_variable(name: str, label: str, query: str) -> dict[str, Any]:
 
 
 TENANT_VARIABLE = _query_variable("tenant", "Tenant", f"label_values({_name(c.GATEWAY_REQUESTS, '_total')}, tenant)")
-LAYER_VARIABLE = _query_variable("layer", "MoE layer", f"label_values({_name(c.EXPERT_TOKENS, '_total')}, layer)")
 
 SERVING = Dashboard(
     "sovereign-serving",
@@ -107,7 +113,7 @@ SERVING = Dashboard(
             "Requests running and waiting",
             [(_name(c.REQUESTS_RUNNING), "running"), (_name(c.REQUESTS_WAITING), "waiting")],
         ),
-        Panel("KV cache usage", [(_name(c.KV_CACHE_USAGE), "used")], "percentunit"),
+        Panel("KV cache usage", [(f"max({c.KV_CACHE_USAGE})", "highest replica")], "percentunit"),
         Panel(
             "Tokens by tenant",
             [
@@ -121,59 +127,28 @@ SERVING = Dashboard(
     [TENANT_VARIABLE],
 )
 
-EXPERTS = Dashboard(
-    "sovereign-experts",
-    "Experts",
-    "Are experts balanced? Tokens per routed expert in every MoE layer, imbalance, and the expert shards.",
+ENGINE = Dashboard(
+    "sovereign-engine",
+    "Engine",
+    "Is vLLM keeping up? Its own view of latency, its queue, its KV cache and preemptions, every replica.",
     [
+        Panel("Time to first token (vLLM)", _engine_quantiles(c.ENGINE_TTFT), "s"),
+        Panel("Inter-token latency (vLLM)", _engine_quantiles(c.ENGINE_ITL), "s"),
+        Panel("Queue time (vLLM)", _engine_quantiles(c.ENGINE_QUEUE_TIME), "s"),
         Panel(
-            "Expert load, layer $layer",
-            [
-                (
-                    f'sum by (expert) (rate({_name(c.EXPERT_TOKENS, "_total")}{{layer=~"$layer"}}{RATE}))',
-                    "expert {{expert}}",
-                )
-            ],
-            kind="heatmap",
-            description="Tokens per second routed to each expert; a hot row is an overloaded expert.",
-            repeat="layer",
+            "Requests running and queued (vLLM)",
+            [(f"sum({c.ENGINE_RUNNING})", "running"), (f"sum({c.ENGINE_QUEUE})", "queued")],
+            description="A queue that stays above zero means the replicas are full: the autoscaler should add one.",
         ),
+        Panel("KV cache usage (vLLM)", [(f"max({c.KV_CACHE_USAGE})", "highest replica")], "percentunit"),
         Panel(
-            "Imbalance by layer (max / mean tokens per expert)",
-            [
-                (_name(c.EXPERT_IMBALANCE), "layer {{layer}} (last window)"),
-                (
-                    f"max by (layer) (rate({_name(c.EXPERT_TOKENS, '_total')}{RATE}))\n/\n"
-                    f"avg by (layer) (rate({_name(c.EXPERT_TOKENS, '_total')}{RATE}))",
-                    "layer {{layer}} (rate)",
-                ),
-            ],
-        ),
-        Panel("Expert shards up", [(f"sum by (shard) ({_name(c.EXPERT_SHARD_UP)})", "shard {{shard}}")]),
-        Panel("Expert shard call latency", _quantiles(c.EXPERT_SHARD_CALL_LATENCY, "shard"), "s"),
-        Panel(
-            "Expert shard errors",
-            [(f"sum by (shard) (rate({_name(c.EXPERT_SHARD_ERRORS, '_total')}{RATE}))", "shard {{shard}}")],
+            "Preemptions",
+            [(f"sum(rate({c.PREEMPTIONS}{RATE}))", "preempted")],
             "ops",
-        ),
-        Panel(
-            "Expert shard restarts",
-            [(f"sum by (shard) (increase({_name(c.EXPERT_SHARD_RESTARTS, '_total')}[1h]))", "shard {{shard}}")],
-            description="Shards replaced after they died or stopped answering; the requests in flight then failed.",
-        ),
-        Panel(
-            "Sequences per batching step",
-            [
-                (
-                    f"histogram_quantile({q}, sum by (le) (rate({_name(c.BATCH_SEQUENCES, '_bucket')}{RATE})))",
-                    f"p{int(q * 100)}",
-                )
-                for q in (0.5, 0.99)
-            ],
-            description="Continuous batching at work: how many requests share each decode step.",
+            description="Running requests evicted for KV-cache room and recomputed later: wasted work.",
         ),
     ],
-    [TENANT_VARIABLE, LAYER_VARIABLE],
+    [],
 )
 
 SECURITY = Dashboard(
@@ -267,7 +242,7 @@ REGISTRY = Dashboard(
     [TENANT_VARIABLE],
 )
 
-DASHBOARDS = [SERVING, EXPERTS, SECURITY, REGISTRY]
+DASHBOARDS = [SERVING, ENGINE, SECURITY, REGISTRY]
 
 
 def _panel_json(panel: Panel, number: int) -> dict[str, Any]:

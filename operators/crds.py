@@ -149,7 +149,7 @@ def custom_resource_definitions(labels: dict[str, str] | None = None) -> list[di
                 _column("Model", ".status.modelName", "Registered model."),
                 _column("Alias", ".status.alias", "Alias served."),
                 _column("Version", ".status.modelVersion", "Version the alias points at.", priority=1),
-                _column("Engine", ".spec.engine", "torch or vllm."),
+                _column("Engine", ".spec.engine", "The inference engine (vllm)."),
                 _column("GPUs", ".status.gpus", "GPUs at the most replicas.", kind="integer", priority=1),
                 _condition_column("Ready", "Ready"),
                 _condition_column("Compliant", "PolicyCompliant"),

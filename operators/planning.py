@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from operators.resources import Engine, GpuRequest, ModelDeploymentSpec, Parallelism, ParallelismMode, WeightDtype
+from operators.resources import GpuRequest, ModelDeploymentSpec, Parallelism, ParallelismMode, WeightDtype
 
 GIB = 1024**3
 # Share of a GPU's memory the weights may take; the rest is KV cache, activations and the CUDA context.
@@ -57,21 +57,17 @@ def minimum_gpus(size: ModelSize, dtype: WeightDtype, gpu_type: str) -> int:
     return 1 << (needed - 1).bit_length()
 
 
-def auto_parallelism(engine: Engine, gpus: int, gpu: GpuRequest, size: ModelSize) -> Parallelism:
-    """Tensor parallel inside a node, pipeline stages across nodes; experts over the tensor ranks (vLLM)."""
-    if engine is Engine.TORCH:
-        return Parallelism(mode=ParallelismMode.AUTO, expert=gpus)
+def auto_parallelism(gpus: int, gpu: GpuRequest, size: ModelSize) -> Parallelism:
+    """Tensor parallel inside a node, pipeline stages across nodes; vLLM's experts over the tensor ranks."""
     tensor = min(gpus, gpu.per_node)
     expert = tensor if size.is_mixture_of_experts and tensor > 1 else 1
     return Parallelism(mode=ParallelismMode.AUTO, tensor=tensor, pipeline=gpus // tensor, expert=expert)
 
 
-def plan_replica(
-    size: ModelSize, engine: Engine, dtype: WeightDtype, gpu: GpuRequest, parallelism: Parallelism
-) -> Plan:
+def plan_replica(size: ModelSize, dtype: WeightDtype, gpu: GpuRequest, parallelism: Parallelism) -> Plan:
     """The plan for one replica; explicit parallelism is checked against the minimum rather than chosen."""
     gpus = minimum_gpus(size, dtype, gpu.type)
-    chosen = auto_parallelism(engine, gpus, gpu, size) if parallelism.mode is ParallelismMode.AUTO else parallelism
+    chosen = auto_parallelism(gpus, gpu, size) if parallelism.mode is ParallelismMode.AUTO else parallelism
     weights = size.parameters_total * BYTES_PER_PARAMETER[dtype]
     return Plan(
         parallelism=chosen,
@@ -83,7 +79,6 @@ def plan_replica(
 
 def gpu_problems(
     size: ModelSize,
-    engine: Engine,
     dtype: WeightDtype,
     gpu: GpuRequest,
     parallelism: Parallelism,
@@ -92,7 +87,7 @@ def gpu_problems(
 ) -> list[str]:
     """Why the GPUs asked for do not match the plan: too few to hold the weights, more than it needs, or over budget."""
     needed = minimum_gpus(size, dtype, gpu.type)
-    plan = plan_replica(size, engine, dtype, gpu, parallelism)
+    plan = plan_replica(size, dtype, gpu, parallelism)
     problems = []
     total_billions = size.parameters_total / 1e9
     if plan.gpus_per_replica < needed:
@@ -122,6 +117,6 @@ def deployment_gpu_problems(spec: ModelDeploymentSpec, size: ModelSize, gpu_budg
     """`gpu_problems` for a deployment at its most replicas; a GPU type the planner cannot read is one too."""
     _, maximum = spec.replica_bounds()
     try:
-        return gpu_problems(size, spec.engine, spec.dtype, spec.gpu, spec.parallelism, maximum, gpu_budget)
+        return gpu_problems(size, spec.dtype, spec.gpu, spec.parallelism, maximum, gpu_budget)
     except PlanError as error:
         return [str(error)]

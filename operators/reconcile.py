@@ -17,7 +17,7 @@ from operators.admission_policies import residency_node_labels
 from operators.chart_values import ChartValues
 from operators.network_policies import egress_network_policy
 from operators.planning import ModelSize, Plan, PlanError, deployment_gpu_problems, plan_replica
-from operators.resources import API_VERSION, Engine, ModelDeploymentSpec, WeightDtype
+from operators.resources import API_VERSION, ModelDeploymentSpec, WeightDtype
 from policies.evaluation import PolicyEvaluator
 from policies.model import ResidencyPolicy, Site
 from serving import vllm
@@ -294,7 +294,8 @@ def _pod_template(
 
 
 def serve_application(deployment: Deployment, plan: Plan, version: str, policy: ResidencyPolicy) -> dict[str, Any]:
-    """The Ray Serve application: our OpenAI app with the torch engine, or Ray Serve LLM with vLLM (`serving.vllm`)."""
+    """The Ray Serve application: our gateway in front of the vLLM model server, as `sovereign up` runs it, with
+    the planner's parallelism in the `LLMConfig` (`serving.vllm`) and a placement group for the replica's GPUs."""
     spec = deployment.spec
     model_path = f"{MODEL_CACHE}/registry/{deployment.model_name}/{version}"
     minimum, maximum = spec.replica_bounds()
@@ -303,14 +304,12 @@ def serve_application(deployment: Deployment, plan: Plan, version: str, policy: 
         "max_replicas": maximum,
         "target_ongoing_requests": spec.autoscaling.target_ongoing_requests if spec.autoscaling else 16,
     }
-    if spec.engine is Engine.VLLM:
-        degrees = plan.parallelism
-        quantization = "fp8" if spec.dtype is WeightDtype.FP8 else None
-        kwargs = vllm.engine_kwargs(
-            degrees.tensor, degrees.pipeline, degrees.data, degrees.expert, spec.max_context_length, quantization
-        )
-        config = vllm.llm_config(deployment.model_name, model_path, spec.gpu.type.split("-")[0], kwargs, autoscaling)
-        return vllm.serve_application(SERVE_APPLICATION, "/", config, data_parallel=degrees.data > 1)
+    degrees = plan.parallelism
+    quantization = "fp8" if spec.dtype is WeightDtype.FP8 else None
+    kwargs = vllm.engine_kwargs(
+        degrees.tensor, degrees.pipeline, degrees.data, degrees.expert, spec.max_context_length, quantization
+    )
+    config = vllm.llm_config(deployment.model_name, model_path, spec.gpu.type.split("-")[0], kwargs, autoscaling)
     return {
         "name": SERVE_APPLICATION,
         "route_prefix": "/",
@@ -323,10 +322,9 @@ def serve_application(deployment: Deployment, plan: Plan, version: str, policy: 
             "site": chosen_sites(spec, policy)[0].name,
             "policy": policy.model_dump(mode="json", by_alias=True),
             "tenants": list(spec.tenants),
-            # One expert shard per GPU of the replica (the planner's expert degree for torch).
-            "expert_shards": plan.parallelism.expert,
+            "llm_config": config,
         },
-        "deployments": [{"name": "LLMServer", "autoscaling_config": autoscaling}],
+        "deployments": [vllm.model_server_deployment(plan.gpus_per_replica, autoscaling)],
     }
 
 
@@ -476,7 +474,7 @@ def reconcile(deployment: Deployment, observed: Observed, settings: Settings) ->
     if not problems and resolved and resolution.size is not None:
         problems = deployment_gpu_problems(spec, resolution.size, settings.gpu_budget)
         with suppress(PlanError):  # then `problems` already says why there is no plan
-            plan = plan_replica(resolution.size, spec.engine, spec.dtype, spec.gpu, spec.parallelism)
+            plan = plan_replica(resolution.size, spec.dtype, spec.gpu, spec.parallelism)
 
     kept = observed.serving_version if not resolved and not problems else ""
     model_condition = _resolved_condition(spec, resolution, kept)

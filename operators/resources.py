@@ -30,9 +30,8 @@ class _Spec(BaseModel):
 
 
 class Engine(StrEnum):
-    """The serving backend behind the same OpenAI API."""
+    """The inference engine behind the gateway's OpenAI API: vLLM, the one engine from laptop to cluster."""
 
-    TORCH = "torch"
     VLLM = "vllm"
 
 
@@ -59,8 +58,7 @@ class Parallelism(_Spec):
         1,
         ge=1,
         le=256,
-        description="Expert-parallel degree: the routed experts are spread over this many GPUs. With vLLM it must be "
-        "1 or tensor × data; with torch it is the number of expert shards, one per GPU.",
+        description="Expert-parallel degree: vLLM spreads the routed experts over this many GPUs; 1 or tensor × data.",
     )
 
     def gpus(self) -> int:
@@ -96,7 +94,7 @@ class ModelDeploymentSpec(_Spec):
         description="The registered model and alias to serve, `models:/NAME@ALIAS`; only a version promoted to that "
         "alias through the registry's gates is served."
     )
-    engine: Engine = Field(Engine.TORCH, description="`torch` (built in) or `vllm` (the production path).")
+    engine: Engine = Field(Engine.VLLM, description="`vllm`: the engine `sovereign up` runs too, behind the gateway.")
     policy_ref: Name = Field(
         "kr-default", description="Name of the cluster's `ResidencyPolicy` this deployment must comply with."
     )
@@ -115,9 +113,7 @@ class ModelDeploymentSpec(_Spec):
     @model_validator(mode="after")
     def _engine_parallelism_consistent(self) -> ModelDeploymentSpec:
         degrees = self.parallelism
-        if self.engine is Engine.TORCH and degrees.tensor * degrees.pipeline * degrees.data > 1:
-            raise ValueError("parallelism: the torch engine shards experts only; set tensor, pipeline and data to 1")
-        if self.engine is Engine.VLLM and degrees.expert not in (1, degrees.tensor * degrees.data):
+        if degrees.expert not in (1, degrees.tensor * degrees.data):
             raise ValueError(
                 f"parallelism.expert: vLLM spreads experts over tensor × data = {degrees.tensor * degrees.data} GPUs; "
                 "set expert to 1 (off) or to that number"

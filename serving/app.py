@@ -1,4 +1,5 @@
-"""Assemble the Ray Serve application: the OpenAI ingress in front of the model server."""
+"""Assemble the Ray Serve application: the OpenAI ingress in front of the model server (vLLM), as Ray Serve LLM
+composes itself, with our ingress in place of its OpenAI one."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from ray.serve import Application
 from policies import PolicyEvaluator, ResidencyPolicy
 from serving.checkpoint import ModelCard, inspect_checkpoint
 from serving.config import AccessConfig, ServingConfig
+from serving.engine_checks import check_vllm_checkpoint
 from serving.ingress import OpenAIIngress
 from serving.llm_server import LLMServer
 from serving.tiny_model import TINY_MODEL_ID, ensure_tiny_checkpoint
+from serving.vllm import local_engine_kwargs
 
 
 class ResidencyViolation(RuntimeError):
@@ -33,6 +36,8 @@ def require_in_country_site(policy: ResidencyPolicy, site: str) -> None:
 
 def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard, access: AccessConfig) -> Application:
     """The application graph: the OpenAI ingress bound to the model server and any upstreams."""
+    # A checkpoint vLLM would refuse is named now, not from inside a replica after Serve has started.
+    check_vllm_checkpoint(card.path, on_cpu=config.engine_kwargs is None)
     evaluator = PolicyEvaluator(policy)
     for upstream in config.upstreams:
         if upstream.name == card.id:
@@ -48,7 +53,8 @@ def build_app(config: ServingConfig, policy: ResidencyPolicy, card: ModelCard, a
             raise ResidencyViolation(
                 f"refusing the identity provider's keys at {oidc.jwks_url}: {decision.reason} ({decision.rule})"
             )
-    model_server = LLMServer.bind(card, config.dtype, config.expert_shards)
+    engine = config.engine_kwargs or local_engine_kwargs(card.max_model_len, config.dtype)
+    model_server = LLMServer.bind(card, engine)
     return OpenAIIngress.bind(
         model_server,
         card,

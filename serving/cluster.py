@@ -1,5 +1,6 @@
 """The Ray Serve application builder for Kubernetes: `import_path: serving.cluster:build` in the
-RayService the operator writes for a `ModelDeployment` with the torch engine.
+RayService the operator writes for every `ModelDeployment`: the same ingress and vLLM model server as
+`sovereign up`, with the planner's engine arguments.
 
 The model was fetched and verified by the pods' init container (`sovereign registry checkout`); the
 policy document comes in the arguments, as the operator validated it; OpenBao is reached with the
@@ -35,7 +36,10 @@ class ClusterArguments(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("bfloat16", description="Weight dtype.")
     policy: dict[str, Any] = Field(description="The ResidencyPolicy document in force.")
     tenants: list[str] = Field(min_length=1, description="The only tenants that may call the model.")
-    expert_shards: int = Field(1, ge=0, description="Ray actors (one per GPU) the routed experts are split over.")
+    llm_config: dict[str, Any] = Field(
+        description="Ray Serve LLM's `LLMConfig` as `serving.vllm.llm_config` builds it; its `engine_kwargs` (the "
+        "planner's tensor, pipeline, data and expert parallelism) configure the model server's vLLM."
+    )
 
 
 def build(args: dict[str, Any]) -> Application:
@@ -55,7 +59,7 @@ def cluster_serving(args: dict[str, Any]) -> tuple[ServingConfig, ResidencyPolic
         site=arguments.site,
         tenants=arguments.tenants,
         dtype=arguments.dtype,
-        expert_shards=arguments.expert_shards,
+        engine_kwargs=arguments.llm_config["engine_kwargs"] | {"dtype": arguments.dtype},
         host="0.0.0.0",  # the Serve proxy inside the pod; the NetworkPolicy and Service bound who reaches it
     )
     card = inspect_checkpoint(arguments.model_path, arguments.served_model_name)

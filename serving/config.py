@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from policies.state import default_state_dir
 
-# Sequences one model-server replica serves at once: Serve's `max_ongoing_requests` and the batcher's slots.
+# Sequences one model-server replica serves at once: Serve's `max_ongoing_requests` and vLLM's `max_num_seqs`.
 MAX_SEQUENCES = 64
 
 
@@ -80,12 +80,11 @@ class ServingConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weight dtype; `auto` keeps the checkpoint's."
     )
-    expert_shards: int = Field(
-        1,
-        ge=0,
-        le=256,
-        description="Ray actors the routed experts of an A.X K1 checkpoint are split over, one per GPU where there "
-        "are GPUs; 0 keeps them in the model server's process.",
+    engine_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="vLLM's engine arguments (a Ray Serve LLM `LLMConfig`'s `engine_kwargs`: parallelism, context, "
+        "quantization), as the operator plans them; unset runs the embedded CPU engine "
+        "(`serving.vllm.local_engine_kwargs`).",
     )
     default_enable_thinking: bool = Field(
         False,

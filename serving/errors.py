@@ -47,13 +47,4 @@ class APIError(Exception):
 
 
 class EngineFailure(RuntimeError):
-    """A batching step could not be computed; every request in it ends with this message."""
-
-
-class ExpertShardFailed(EngineFailure):
-    def __init__(self, shard: int, reason: str) -> None:
-        super().__init__(
-            f"expert shard {shard} failed during generation ({reason}); the request was aborted and the shard is "
-            "being restarted; retry the request"
-        )
-        self.shard = shard
+    """The engine failed while generating (its process died, a step raised); the request ends with this message."""

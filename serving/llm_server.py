@@ -8,7 +8,6 @@ or a single `error` in place of `start`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from serving.errors import APIError, EngineFailure
 from serving.generation import OutputStream, SamplingParams
 
 if TYPE_CHECKING:
-    from serving.engine import TorchEngine
+    from serving.vllm_engine import VLLMEngine
 
 
 @dataclass(frozen=True)
@@ -42,20 +41,17 @@ class GenerationJob:
 
 @serve.deployment(name="LLMServer", max_ongoing_requests=MAX_SEQUENCES, ray_actor_options={"num_cpus": 1})
 class LLMServer:
-    def __init__(self, card: ModelCard, dtype: str, expert_shards: int = 1) -> None:
-        from serving.engine import TorchEngine
+    def __init__(self, card: ModelCard, engine_kwargs: dict[str, Any]) -> None:
+        from serving.vllm_engine import VLLMEngine
 
         self.card = card
-        self.engine: TorchEngine = TorchEngine(card.path, dtype, expert_shards, _actor_prefix(card))
+        self.engine: VLLMEngine = VLLMEngine(card.path, engine_kwargs)
         self.running = 0
         self.cancelled_total = 0
-        # KV cache capacity: every request slot filled to the whole context.
-        self._kv_capacity = MAX_SEQUENCES * self.engine.max_model_len
-        self._kv_tokens = 0
         catalogue.initialise_series()
 
     def __del__(self) -> None:
-        # Serve calls this when the replica shuts down: the shard actors go with it.
+        # Serve calls this when the replica shuts down: vLLM's engine process goes with it.
         if (engine := getattr(self, "engine", None)) is not None:
             engine.close()
 
@@ -66,13 +62,11 @@ class LLMServer:
         return self.engine.tokenizer.decode(token_ids)
 
     def stats(self) -> dict[str, Any]:
-        """Requests generating now, requests whose client went away, the batcher's state and the expert shards."""
-        model = self.engine.model
+        """Requests generating now, requests whose client went away, and the requests vLLM still holds."""
         return {
             "running": self.running,
             "cancelled_total": self.cancelled_total,
-            "batcher": self.engine.batcher.stats(),
-            "expert_shards": model.experts.describe() if hasattr(model, "experts") else [],
+            "engine_unfinished": self.engine.unfinished_requests(),
         }
 
     async def generate(self, job: GenerationJob) -> AsyncIterator[dict[str, Any]]:
@@ -93,7 +87,6 @@ class LLMServer:
         generated, finish_reason, ended = 0, "length", False
         self.running += 1
         catalogue.REQUESTS_WAITING.inc()
-        self._hold_kv(len(prompt_ids))
         last_token_at: float | None = None
         try:
             async for token in tokens:
@@ -105,7 +98,6 @@ class LLMServer:
                 else:
                     catalogue.INTER_TOKEN_LATENCY.labels(mode).observe(now - last_token_at)
                 last_token_at = now
-                self._hold_kv(1)
                 generated += 1
                 if token in engine.eos_token_ids:
                     finish_reason = "stop"
@@ -136,13 +128,8 @@ class LLMServer:
             self.running -= 1
             self.cancelled_total += not ended
             (catalogue.REQUESTS_WAITING if last_token_at is None else catalogue.REQUESTS_RUNNING).dec()
-            self._hold_kv(-(len(prompt_ids) + generated))
             catalogue.GENERATION_TOKENS.labels(mode).inc(generated)
             catalogue.GENERATION_LATENCY.labels(mode).observe(time.perf_counter() - started)
-
-    def _hold_kv(self, tokens: int) -> None:
-        self._kv_tokens += tokens
-        catalogue.KV_CACHE_USAGE.set(self._kv_tokens / self._kv_capacity)
 
     def _prompt_ids(self, job: GenerationJob) -> list[int]:
         engine = self.engine
@@ -188,8 +175,3 @@ class LLMServer:
                 "context_length_exceeded",
             )
         return job.params
-
-
-def _actor_prefix(card: ModelCard) -> str:
-    """Expert-shard actor names: one set per model and replica process, so replicas never collide."""
-    return f"{card.id}-{os.getpid()}"

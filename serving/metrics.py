@@ -1,4 +1,4 @@
-"""Where serving records the catalogue's metrics: the gateway middleware and the MoE router hooks.
+"""Where the gateway records the catalogue's HTTP metrics: its outermost middleware.
 
 No `from __future__ import annotations`: the middleware is pickled with the FastAPI app by Ray.
 """
@@ -64,34 +64,3 @@ class GatewayMetricsMiddleware:
             tenant = scope.get("state", {}).get("tenant")
             catalogue.GATEWAY_REQUESTS.labels(route, str(status), tenant.name if tenant else "none").inc()
             catalogue.GATEWAY_LATENCY.labels(route).observe(time.perf_counter() - started)
-
-
-class ExpertLoad:
-    """Counts tokens per routed expert of every MoE layer from the routers' own top-k choice.
-
-    Counting happens on the model's device per step (one `bincount` per layer); the counts reach the
-    catalogue when a sequence leaves the batch, so the per-step cost stays off Python loops.
-    """
-
-    def __init__(self, layers: list[str], experts: int) -> None:
-        import torch
-
-        self._torch = torch
-        self._experts = experts
-        self._counts = {layer: torch.zeros(experts, dtype=torch.long) for layer in layers}
-
-    def record(self, layer: int, chosen: Any) -> None:
-        """The router of MoE layer `layer` chose `chosen` ([tokens, top-k] expert ids)."""
-        self._counts[str(layer)] += self._torch.bincount(chosen.flatten().cpu(), minlength=self._experts)
-
-    def flush(self) -> None:
-        """Move the counts gathered since the last flush into the catalogue, with each layer's imbalance."""
-        for layer, counts in self._counts.items():
-            total = int(counts.sum())
-            if total == 0:
-                continue
-            for expert, tokens in enumerate(counts.tolist()):
-                if tokens:
-                    catalogue.EXPERT_TOKENS.labels(layer, str(expert)).inc(tokens)
-            catalogue.EXPERT_IMBALANCE.labels(layer).set(float(counts.max()) / (total / len(counts)))
-            counts.zero_()

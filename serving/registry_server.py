@@ -44,6 +44,10 @@ class RegistryServer:
             raise RegistryServerFailed(problem)
 
     def stop(self) -> None:
+        # Stopped while it still creates or migrates its SQLite tables, MLflow leaves them half made and every
+        # later start fails ("table ... already exists"): let it finish first (a stack that fails early does this).
+        if self.process.poll() is None:
+            wait_until_ready(self.process, lambda: _healthy(self.address), "mlflow", self.log_path, STARTUP_SECONDS)
         stop_process(self.process, timeout=15)
         _forget(self.directory)
 

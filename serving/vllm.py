@@ -1,8 +1,11 @@
-"""The vLLM engine's configuration: Ray Serve LLM's `LLMConfig` and its Serve application, as plain dicts.
+"""The vLLM engine's configuration: Ray Serve LLM's `LLMConfig` and the model server's Serve options, as dicts.
 
-This is the one builder of that configuration: the operator writes it into a `ModelDeployment`'s
-RayService and `sovereign plan` prints it. The dicts are what a Serve config file holds (`serve deploy`,
-KubeRay's `serveConfigV2`), so they validate against `ray.serve.schema.ServeDeploySchema`.
+This is the one builder of that configuration. `sovereign up` runs it with one CPU replica's numbers
+(`local_engine_kwargs`); the operator writes it, with the planner's parallelism, into a `ModelDeployment`'s
+RayService, and `sovereign plan` prints it. Either way the engine runs inside our `LLMServer` deployment,
+behind our gateway: vLLM's own OpenAI server, which would skip authentication, the guard and the audit log,
+is never started. The dicts are what a Serve config file holds (`serve deploy`, KubeRay's `serveConfigV2`),
+so they validate against `ray.serve.schema.ServeDeploySchema` and `ray.serve.llm.LLMConfig`.
 
 vLLM is the `vllm` extra (its CPU build, which the lock and the tests install; GPU nodes run the CUDA
 build from the vLLM image). This module imports neither vLLM nor Ray nor torch, so the config is built
@@ -23,10 +26,6 @@ OFFLINE_ENVIRONMENT = {
 # On CPU vLLM reserves its KV cache in host memory, 4 GiB unless told; the tiny model needs a sliver of that.
 LOCAL_KV_CACHE_GIB = 1
 
-BUILD_OPENAI_APP = "ray.serve.llm:build_openai_app"
-# Data-parallel attention: one Serve replica per DP rank, gang-scheduled, behind one OpenAI ingress.
-BUILD_DP_OPENAI_APP = "ray.serve.llm:build_dp_openai_app"
-
 
 def engine_kwargs(
     tensor: int, pipeline: int, data: int, expert: int, max_model_len: int, quantization: str | None
@@ -38,8 +37,11 @@ def engine_kwargs(
         "enable_expert_parallel": expert > 1,
         "max_model_len": max_model_len,
     }
+    if tensor * pipeline * data > 1:
+        # Ranks are Ray actors in the replica's placement group (`model_server_deployment`), across nodes too.
+        kwargs["distributed_executor_backend"] = "ray"
     if data > 1:
-        kwargs["data_parallel_size"] = data
+        kwargs |= {"data_parallel_size": data, "data_parallel_backend": "ray"}
     if quantization is not None:
         kwargs["quantization"] = quantization
     return kwargs
@@ -74,31 +76,28 @@ def local_environment() -> dict[str, str]:
 def llm_config(
     model_id: str,
     model_source: str,
-    accelerator_type: str,
+    accelerator_type: str | None,
     engine_kwargs: dict[str, Any],
     autoscaling: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """`ray.serve.llm.LLMConfig` as a dict; without `autoscaling`, Ray Serve LLM's default of one replica.
 
-    `autoscaling` counts whole-model replicas in both forms: with data parallelism Ray Serve LLM's
-    `DPServer` treats a replica as a DP group and multiplies `min_replicas`/`max_replicas` by
-    `data_parallel_size` itself.
+    `autoscaling` counts whole-model replicas: with data parallelism one replica's vLLM holds every DP rank.
     """
     return {
         "model_loading_config": {"model_id": model_id, "model_source": model_source},
-        "accelerator_type": accelerator_type,
+        **({"accelerator_type": accelerator_type} if accelerator_type else {}),  # none on CPU
         "engine_kwargs": engine_kwargs,
         "deployment_config": {"autoscaling_config": autoscaling} if autoscaling is not None else {},
     }
 
 
-def serve_application(
-    name: str, route_prefix: str, llm_config_dict: dict[str, Any], data_parallel: bool
-) -> dict[str, Any]:
-    """One Serve application: `build_openai_app` takes `LLMServingArgs` (a list of configs),
-    `build_dp_openai_app` takes `DPOpenAiServingArgs` (exactly one config)."""
-    if data_parallel:
-        import_path, args = BUILD_DP_OPENAI_APP, {"llm_config": llm_config_dict}
-    else:
-        import_path, args = BUILD_OPENAI_APP, {"llm_configs": [llm_config_dict]}
-    return {"name": name, "route_prefix": route_prefix, "import_path": import_path, "args": args}
+def model_server_deployment(gpus: int, autoscaling: dict[str, Any]) -> dict[str, Any]:
+    """Serve options of the `LLMServer` deployment for replicas of `gpus` GPUs, placed as Ray Serve LLM places its
+    own: one bundle for the replica's actor and one per GPU rank, packed, which vLLM's Ray executor then uses."""
+    return {
+        "name": "LLMServer",
+        "autoscaling_config": dict(autoscaling),  # own copies: YAML would write shared dicts as anchors
+        "placement_group_bundles": [{"CPU": 1}] + [{"GPU": 1} for _ in range(gpus)],
+        "placement_group_strategy": "PACK",
+    }

@@ -1,9 +1,7 @@
-"""Read named tensors from an HF-format safetensors checkpoint, memory-mapped, each shard only its own.
+"""The tensors of an HF-format safetensors checkpoint, from the headers of its files alone.
 
-The headers of every file are read first (8 bytes of length, then JSON), so a missing tensor, a
-truncated file or a shape that disagrees with `config.json` is reported by name before any weight
-is touched. Tensors are then read through `safetensors.safe_open`, which maps the file: a process
-pays in memory and I/O only for the tensors it asks for, and `bytes_read` counts them.
+Only the headers are read (8 bytes of length, then JSON), so a missing tensor, a truncated file or a
+shape that disagrees with `config.json` is reported by name before any engine reads a weight.
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING
 from serving.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 INDEX_FILE = "model.safetensors.index.json"
 _ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -41,7 +39,6 @@ class CheckpointTensors:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.entries: dict[str, TensorEntry] = {}
-        self.bytes_read = 0
         index = directory / INDEX_FILE
         if index.is_file():
             files = _index_files(index)
@@ -72,25 +69,6 @@ class CheckpointTensors:
                     f"tensor `{name}` in `{entry.file.name}` has shape {list(entry.shape)}, but config.json implies "
                     f"{list(shape)}; the weights do not belong to this config"
                 )
-
-    def load(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """Read these tensors only (memory-mapped), converted to `dtype` when given."""
-        from safetensors import SafetensorError, safe_open
-
-        by_file: dict[Path, list[str]] = {}
-        for name in names:
-            by_file.setdefault(self._entry(name).file, []).append(name)
-        tensors: dict[str, torch.Tensor] = {}
-        for file, file_names in by_file.items():
-            try:
-                with safe_open(file, framework="pt") as handle:
-                    for name in file_names:
-                        tensor = handle.get_tensor(name)
-                        self.bytes_read += self.entries[name].nbytes
-                        tensors[name] = tensor if dtype is None else tensor.to(dtype)
-            except (SafetensorError, OSError) as error:
-                raise CheckpointError(f"`{file}` could not be read: {error}") from None
-        return tensors
 
     def _entry(self, name: str) -> TensorEntry:
         entry = self.entries.get(name)

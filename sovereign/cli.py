@@ -129,15 +129,6 @@ def up(
     ),
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the OpenAI-compatible API.")] = 8000,
     dtype: Annotated[str, typer.Option(help="Weight dtype: auto, float32, bfloat16 or float16.")] = "auto",
-    expert_shards: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=256,
-            help="Ray actors the routed experts of an A.X K1 checkpoint are split over (one per GPU where there "
-            "are GPUs); 0 keeps them in the model server. Plan real hardware with `sovereign plan`.",
-        ),
-    ] = 1,
     think: Annotated[
         bool,
         typer.Option(
@@ -243,7 +234,6 @@ def up(
             host=host,
             port=port,
             dtype=dtype,
-            expert_shards=expert_shards,
             default_enable_thinking=think,
             upstreams=[Upstream.parse(text) for text in upstream or []],
             vault_addr=vault_addr,

@@ -145,12 +145,13 @@ def test_dashboards_have_datasource_and_tenant_variables() -> None:
         document = dashboards.dashboard_json(dashboard)
         variables = {variable["name"]: variable for variable in document["templating"]["list"]}
         assert variables["datasource"]["type"] == "datasource"
-        assert variables["tenant"]["includeAll"]
         assert all(panel["datasource"]["uid"] == "${datasource}" for panel in document["panels"])
+        queries = [target["expr"] for panel in document["panels"] for target in panel["targets"]]
+        # A tenant picker (with "All") wherever a query filters by tenant; vLLM's own metrics carry no tenant.
+        if any("$tenant" in query for query in queries):
+            assert variables["tenant"]["includeAll"], document["title"]
         titles.add(document["title"])
-    assert titles == {"Serving overview", "Experts", "Residency & security", "Registry & lifecycle"}
-    experts = dashboards.dashboard_json(dashboards.EXPERTS)
-    assert next(p for p in experts["panels"] if p["type"] == "heatmap")["repeat"] == "layer"
+    assert titles == {"Serving overview", "Engine", "Residency & security", "Registry & lifecycle"}
 
 
 def test_every_metric_and_alert_is_documented() -> None:

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from monitoring import dashboards
+from monitoring import catalogue, dashboards
 from monitoring import prometheus as local_prometheus
 
 MODEL = "axk1-tiny"
@@ -94,7 +94,11 @@ def test_prometheus_scrapes_every_replica_through_the_gateway(scraped: str) -> N
     assert [sample["value"][1] for sample in jobs] == ["1"]
     # Recorded by the model server's process, exposed by the gateway's: one target, every replica.
     assert query(scraped, 'sovereign_generation_tokens_total{mode="think"} > 0')
-    assert query(scraped, "sum(sovereign_expert_tokens_total) > 0")
+    # vLLM's own metrics, recorded inside the model server's engine, through the same single target.
+    for metric in catalogue.ENGINE_METRICS:
+        suffix = {"counter": "_total", "histogram": "_count"}.get(metric.type, "")
+        assert query(scraped, metric.name + suffix), f"{metric.name} is not exported by vLLM"
+    assert query(scraped, "sum(vllm:generation_tokens_total) > 0")
     assert query(scraped, 'sovereign_gateway_requests_total{route="/v1/chat/completions",status="403"}')
     # Refused before routing, still counted under its route: an auth outage must burn the availability budget.
     assert query(scraped, 'sovereign_gateway_requests_total{route="/v1/chat/completions",status="401",tenant="none"}')

@@ -224,16 +224,16 @@ def test_the_webhook_rejects_sites_outside_the_jurisdiction(memo: kopf.Memo, pub
 def test_the_webhook_rejects_more_gpus_than_the_plan_allows(memo: kopf.Memo, publish: Callable[[str], str]) -> None:
     publish("k8s-gpus")
     with pytest.raises(
-        kopf.AdmissionError, match=r"spec.parallelism: TP1 PP1 DP1 EP4 asks for 4 GPUs per replica; .* allows 1"
+        kopf.AdmissionError, match=r"spec.parallelism: TP4 PP1 DP1 EP4 asks for 4 GPUs per replica; .* allows 1"
     ):
-        admit(memo, "models:/k8s-gpus@production", parallelism={"mode": "explicit", "expert": 4})
+        admit(memo, "models:/k8s-gpus@production", parallelism={"mode": "explicit", "tensor": 4, "expert": 4})
     with pytest.raises(kopf.AdmissionError, match=r"5 replica\(s\) × 1 GPUs = 5 GPUs, over the cluster's budget of 4"):
         admit(memo, "models:/k8s-gpus@production", autoscaling={"minReplicas": 1, "maxReplicas": 5})
 
 
 def test_the_webhook_rejects_an_invalid_spec_naming_the_field(memo: kopf.Memo) -> None:
     rejected = reviews("ModelDeployment", "rejected")
-    with pytest.raises(kopf.AdmissionError, match=r"spec.engine: Input should be 'torch' or 'vllm'"):
+    with pytest.raises(kopf.AdmissionError, match=r"spec.engine: Input should be 'vllm'"):
         admit(memo, "models:/x@production", engine="sglang")
     assert reviews("ModelDeployment", "rejected") == rejected + 1
 
@@ -305,9 +305,10 @@ def test_operator_run_says_what_is_missing(tmp_path: Any) -> None:
 def test_the_cluster_builder_serves_the_checkout_to_the_deployments_tenants(
     openbao: Any, tiny_checkpoint: Any, default_policy: ResidencyPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`serving.cluster:build`, as the RayService of a torch ModelDeployment imports it."""
+    """`serving.cluster:build`, as the RayService of every ModelDeployment imports it."""
     from ray.serve import Application
 
+    from serving import vllm
     from serving.app import ResidencyViolation
     from serving.cluster import build, cluster_serving
 
@@ -320,12 +321,16 @@ def test_the_cluster_builder_serves_the_checkout_to_the_deployments_tenants(
         "site": "kr-seoul-1",
         "policy": default_policy.model_dump(mode="json", by_alias=True),
         "tenants": ["acme"],
+        "llm_config": vllm.llm_config(
+            "student", str(tiny_checkpoint), "L4", vllm.engine_kwargs(1, 1, 1, 1, 2048, None), None
+        ),
     }
     assert isinstance(build(arguments), Application)
     config, policy, card, _ = cluster_serving(arguments)
     assert (card.id, card.revision, config.site) == ("student", "student/2", "kr-seoul-1")
     assert policy.digest() == default_policy.digest()
     assert config.tenants == ["acme"]
+    assert config.engine_kwargs == vllm.engine_kwargs(1, 1, 1, 1, 2048, None) | {"dtype": "bfloat16"}
     with pytest.raises(ResidencyViolation, match="refusing to serve on site `us-east-1`"):
         build({**arguments, "site": "us-east-1"})
 

@@ -24,7 +24,7 @@ from operators.reconcile import (
     Settings,
     reconcile,
 )
-from operators.resources import Engine, GpuRequest, ModelDeploymentSpec, Parallelism, WeightDtype
+from operators.resources import GpuRequest, ModelDeploymentSpec, Parallelism, WeightDtype
 from policies import load_default_policy
 from tests.kube import policy_with_a_foreign_site, validate_builtin, validate_custom
 
@@ -98,23 +98,21 @@ def test_axk1_needs_16_h100_in_bf16_and_8_h200_or_8_h100_in_fp8(dtype: WeightDty
 
 
 def test_auto_parallelism_is_tensor_in_a_node_and_pipeline_across_nodes() -> None:
-    plan = plan_replica(AXK1, Engine.VLLM, WeightDtype.BF16, GpuRequest(), Parallelism())
+    plan = plan_replica(AXK1, WeightDtype.BF16, GpuRequest(), Parallelism())
     assert (plan.parallelism.tensor, plan.parallelism.pipeline, plan.parallelism.expert) == (8, 2, 8)
     assert (plan.gpus_per_replica, plan.nodes_per_replica) == (16, 2)
-    torch_plan = plan_replica(AXK1, Engine.TORCH, WeightDtype.BF16, GpuRequest(), Parallelism())
-    assert torch_plan.parallelism.expert == 16
 
 
 def test_explicit_parallelism_is_checked_against_the_plan() -> None:
     eight = Parallelism(mode="explicit", tensor=8, expert=8)
-    (too_few,) = gpu_problems(AXK1, Engine.VLLM, WeightDtype.BF16, GpuRequest(), eight, 1, 64)
+    (too_few,) = gpu_problems(AXK1, WeightDtype.BF16, GpuRequest(), eight, 1, 64)
     assert "8 GPU(s) per replica" in too_few
     assert "need at least 16 × H100-80GB" in too_few
     thirty_two = Parallelism(mode="explicit", tensor=8, pipeline=4, expert=8)
-    (too_many,) = gpu_problems(AXK1, Engine.VLLM, WeightDtype.BF16, GpuRequest(), thirty_two, 1, 64)
+    (too_many,) = gpu_problems(AXK1, WeightDtype.BF16, GpuRequest(), thirty_two, 1, 64)
     assert "asks for 32 GPUs per replica" in too_many
     assert "allows 16" in too_many
-    (over_budget,) = gpu_problems(AXK1, Engine.VLLM, WeightDtype.BF16, GpuRequest(), Parallelism(), 5, 64)
+    (over_budget,) = gpu_problems(AXK1, WeightDtype.BF16, GpuRequest(), Parallelism(), 5, 64)
     assert "5 replica(s) × 16 GPUs = 80 GPUs, over the cluster's budget of 64" in over_budget
 
 
@@ -122,8 +120,8 @@ def test_explicit_parallelism_is_checked_against_the_plan() -> None:
 
 
 def test_spec_rules_name_the_field() -> None:
-    with pytest.raises(ValidationError, match="the torch engine shards experts only"):
-        ModelDeploymentSpec.model_validate({**VLLM_SPEC, "engine": "torch", "parallelism": {"tensor": 2}})
+    with pytest.raises(ValidationError, match=r"engine\n  Input should be 'vllm'"):
+        ModelDeploymentSpec.model_validate({**VLLM_SPEC, "engine": "torch"})
     with pytest.raises(ValidationError, match=r"parallelism.expert: vLLM spreads experts over tensor × data = 8"):
         ModelDeploymentSpec.model_validate({**VLLM_SPEC, "parallelism": {"mode": "explicit", "tensor": 8, "expert": 4}})
     with pytest.raises(ValidationError, match="model"):
@@ -270,14 +268,15 @@ def test_create_gives_the_exact_desired_objects(policy: Any) -> None:
             assert container["image"].startswith("registry.sovereign.kr/")
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
     (application,) = yaml.safe_load(ray["serveConfigV2"])["applications"]
-    assert application["import_path"] == "ray.serve.llm:build_openai_app"
-    (llm,) = application["args"]["llm_configs"]
+    assert application["import_path"] == "serving.cluster:build", "our gateway in front, never vLLM's own server"
+    llm = application["args"]["llm_config"]
     assert llm["model_loading_config"] == {"model_id": "axk1", "model_source": "/models/registry/axk1/3"}
     assert llm["engine_kwargs"] == {
         "tensor_parallel_size": 8,
         "pipeline_parallel_size": 2,
         "enable_expert_parallel": True,
         "max_model_len": 32768,
+        "distributed_executor_backend": "ray",
     }
     assert llm["deployment_config"]["autoscaling_config"] == {
         "min_replicas": 1,
@@ -346,7 +345,8 @@ def test_a_spec_change_changes_exactly_what_it_should(policy: Any) -> None:
     assert changed_paths(ray_before, ray_after) == {
         ".spec.rayClusterConfig.enableInTreeAutoscaling",
         ".spec.rayClusterConfig.workerGroupSpecs[0].maxReplicas",
-        ".spec.serveConfigV2.applications[0].args.llm_configs[0].deployment_config.autoscaling_config.max_replicas",
+        ".spec.serveConfigV2.applications[0].args.llm_config.deployment_config.autoscaling_config.max_replicas",
+        ".spec.serveConfigV2.applications[0].deployments[0].autoscaling_config.max_replicas",
     }
     assert ray_after["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] == 6
     assert after.status["gpus"] == 48
@@ -372,7 +372,9 @@ def test_an_alias_change_rolls_out_the_new_version(policy: Any) -> None:
         ".spec.rayClusterConfig.workerGroupSpecs[0].template.metadata.labels.sovereign-stack.io/model-version",
         init.format(group="headGroupSpec"),
         init.format(group="workerGroupSpecs[0]"),
-        ".spec.serveConfigV2.applications[0].args.llm_configs[0].model_loading_config.model_source",
+        ".spec.serveConfigV2.applications[0].args.llm_config.model_loading_config.model_source",
+        ".spec.serveConfigV2.applications[0].args.model_path",
+        ".spec.serveConfigV2.applications[0].args.revision",
     }
     assert after.status["modelVersion"] == "4"
     assert conditions(after.status)["Ready"] == ("False", "RayServicePending")
@@ -440,11 +442,11 @@ def test_chosen_sites_pin_their_region_too(policy: Any) -> None:
     ]
 
 
-def test_the_torch_engine_runs_our_app_with_arguments_its_builder_accepts(policy: Any) -> None:
+def test_a_one_gpu_deployment_runs_our_app_with_arguments_its_builder_accepts(policy: Any) -> None:
     from serving.cluster import ClusterArguments
 
     tiny = ModelSize(parameters_total=6_000_000, parameters_active=3_000_000)
-    spec = {**VLLM_SPEC, "engine": "torch", "gpu": {"type": "L4-24GB", "perNode": 1}}
+    spec = {**VLLM_SPEC, "gpu": {"type": "L4-24GB", "perNode": 1}}
     outcome = reconcile(Deployment.from_body(body(spec)), Observed(policy, resolved("1", tiny), NOW), Settings())
     assert outcome.objects is not None
     (application,) = yaml.safe_load(outcome.objects[0]["spec"]["serveConfigV2"])["applications"]
@@ -455,11 +457,18 @@ def test_the_torch_engine_runs_our_app_with_arguments_its_builder_accepts(policy
     assert arguments.site == "kr-seoul-1"
     assert arguments.policy == policy.model_dump(mode="json", by_alias=True)
     assert arguments.tenants == ["acme"]
-    assert arguments.expert_shards == 1, "one expert shard per GPU of the replica"
+    assert arguments.llm_config["engine_kwargs"] == {
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "enable_expert_parallel": False,
+        "max_model_len": 32768,
+    }
     assert application["deployments"] == [
         {
             "name": "LLMServer",
             "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 16},
+            "placement_group_bundles": [{"CPU": 1}, {"GPU": 1}],
+            "placement_group_strategy": "PACK",
         }
     ]
     assert outcome.status["parallelism"] == "TP1 PP1 DP1 EP1"

@@ -315,29 +315,45 @@ def test_model_reference_errors(tmp_path: Path) -> None:
 # -- the vLLM config and the manifests --------------------------------------------------------------
 
 
-def test_engine_kwargs_and_both_application_forms_validate_against_serve_schema() -> None:
+def test_engine_kwargs_and_the_model_servers_placement() -> None:
     kwargs = vllm.engine_kwargs(8, 2, 1, 8, 32768, None)
     assert kwargs == {
         "tensor_parallel_size": 8,
         "pipeline_parallel_size": 2,
         "enable_expert_parallel": True,
         "max_model_len": 32768,
+        "distributed_executor_backend": "ray",
     }
     dp_kwargs = vllm.engine_kwargs(1, 1, 16, 16, 32768, "fp8")
-    assert dp_kwargs["data_parallel_size"] == 16
+    assert (dp_kwargs["data_parallel_size"], dp_kwargs["data_parallel_backend"]) == (16, "ray")
     assert dp_kwargs["quantization"] == "fp8"
+    one_gpu = vllm.engine_kwargs(1, 1, 1, 1, 4096, None)
+    assert "distributed_executor_backend" not in one_gpu, "one rank runs in the replica's own process"
     config = vllm.llm_config("axk1", "/models/axk1", "H100", kwargs, None)
     assert config["deployment_config"] == {}
-    openai = vllm.serve_application("sovereign", "/", config, data_parallel=False)
-    assert openai["import_path"] == "ray.serve.llm:build_openai_app"
-    assert openai["args"] == {"llm_configs": [config]}
-    dp_config = vllm.llm_config("axk1", "/models/axk1", "H100", dp_kwargs, {"min_replicas": 1, "max_replicas": 2})
-    dp = vllm.serve_application("sovereign", "/", dp_config, data_parallel=True)
-    # `DPOpenAiServingArgs` takes exactly one LLM config, under `llm_config`.
-    assert dp["import_path"] == "ray.serve.llm:build_dp_openai_app"
-    assert dp["args"] == {"llm_config": dp_config}
-    for application in (openai, dp):
-        validate_serve_config({"applications": [application]})
+    server = vllm.model_server_deployment(16, {"min_replicas": 1, "max_replicas": 2})
+    assert server["placement_group_bundles"] == [{"CPU": 1}] + [{"GPU": 1}] * 16
+    application = {
+        "name": "sovereign",
+        "route_prefix": "/",
+        "import_path": "serving.cluster:build",
+        "args": {"llm_config": config},
+        "deployments": [server],
+    }
+    validate_serve_config({"applications": [application]})
+
+
+def test_the_embedded_engine_is_the_same_builder_with_one_cpu_replicas_numbers() -> None:
+    from ray.serve.llm import LLMConfig
+
+    local = vllm.local_engine_kwargs(2048, "float32")
+    assert {key: local[key] for key in vllm.engine_kwargs(1, 1, 1, 1, 2048, None)} == vllm.engine_kwargs(
+        1, 1, 1, 1, 2048, None
+    )
+    assert local["attention_backend"] == "CPU_MLA"
+    assert local["compilation_config"] == {"custom_ops": ["-rotary_embedding"]}
+    config = LLMConfig.model_validate(vllm.llm_config("axk1-tiny", "/models/tiny", None, local, None))
+    assert config.engine_kwargs == local
 
 
 def test_llm_configs_validate_against_ray_serve_llms_model() -> None:
@@ -356,8 +372,8 @@ def test_planned_manifests_are_what_the_operator_writes(axk1: ModelShape, defaul
     validate_custom(manifest)
     assert yaml.safe_load(manifest["spec"]["serveConfigV2"]) == serve_config
     (application,) = serve_config["applications"]
-    assert application["import_path"] == "ray.serve.llm:build_openai_app"
-    (llm,) = application["args"]["llm_configs"]
+    assert application["import_path"] == "serving.cluster:build", "our gateway in front, never vLLM's own server"
+    llm = application["args"]["llm_config"]
     assert llm["model_loading_config"] == {"model_id": "axk1", "model_source": "/models/registry/axk1/4"}
     assert llm["accelerator_type"] == "H100"
     assert llm["engine_kwargs"] == {
@@ -365,7 +381,10 @@ def test_planned_manifests_are_what_the_operator_writes(axk1: ModelShape, defaul
         "pipeline_parallel_size": 2,
         "enable_expert_parallel": True,
         "max_model_len": 131072,
+        "distributed_executor_backend": "ray",
     }
+    (server,) = application["deployments"]
+    assert server["placement_group_bundles"] == [{"CPU": 1}] + [{"GPU": 1}] * 16
     (workers,) = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert (workers["replicas"], limits["nvidia.com/gpu"]) == (2, 8)  # two nodes of 8
@@ -399,13 +418,15 @@ def test_planned_manifests_in_the_data_parallel_form(axk1: ModelShape, default_p
     validate_serve_config(serve_config)
     validate_custom(manifest)
     (application,) = serve_config["applications"]
-    assert application["import_path"] == "ray.serve.llm:build_dp_openai_app"
+    assert application["import_path"] == "serving.cluster:build"
     assert application["args"]["llm_config"]["engine_kwargs"] == {
         "tensor_parallel_size": 1,
         "pipeline_parallel_size": 1,
         "enable_expert_parallel": True,
         "max_model_len": 32768,
+        "distributed_executor_backend": "ray",
         "data_parallel_size": 16,
+        "data_parallel_backend": "ray",
         "quantization": "fp8",
     }
 
@@ -471,7 +492,7 @@ def test_cli_writes_the_manifests_and_prints_json(tmp_path: Path) -> None:
     serve_config = yaml.safe_load((output / "serve-config.yaml").read_text())
     manifest = yaml.safe_load((output / "rayservice.yaml").read_text())
     validate_serve_config(serve_config)
-    assert serve_config["applications"][0]["args"]["llm_configs"][0]["model_loading_config"] == {
+    assert serve_config["applications"][0]["args"]["llm_config"]["model_loading_config"] == {
         "model_id": "axk1",
         "model_source": "/models/registry/axk1/7",
     }

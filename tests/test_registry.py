@@ -245,7 +245,7 @@ def test_promotion_refused_when_a_stored_file_was_altered(
     name, version = register()
     source = registry.client.get_model_version(name, version).source
     stored = _stored(registry_server, source, "config.json")
-    stored.write_text(stored.read_text().replace('"hidden_size": 64', '"hidden_size": 65'))
+    stored.write_text(stored.read_text().replace('"hidden_size": 128', '"hidden_size": 129'))
     with pytest.raises(PromotionRefused) as refused:
         registry.promote(name, version, "production", bob, "SEC-2", audit)
     assert _refused_gates(refused.value) == {Gate.CHECKSUMS.value}

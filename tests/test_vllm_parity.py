@@ -44,7 +44,7 @@ def reference(sharp_checkpoint: Path) -> torch.Tensor:
 def probe(tmp_path: Path, *arguments: str) -> object:
     out = tmp_path / "probe.json"
     run = subprocess.run(
-        [sys.executable, str(PROBE), str(out), *arguments], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, str(PROBE), str(out), *arguments], capture_output=True, text=True, timeout=240, check=False
     )
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
     return json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""Checkpoint loading: sharded safetensors through the index, per-shard reads, and errors that name the tensor."""
+"""Checkpoint headers: sharded safetensors through the index, and errors that name the tensor, before vLLM loads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AXK1Config
 
-from serving.axk1 import ExpertBank, Trunk, shard_experts
 from serving.checkpoint import CheckpointError
-from serving.expert_shards import check_expert_tensors
+from serving.engine_checks import check_vllm_checkpoint
 from serving.weights import INDEX_FILE, CheckpointTensors
 
 EXPERT = "model.layers.2.mlp.experts.5.up_proj.weight"
@@ -38,32 +36,19 @@ def sharded(tiny_checkpoint: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_sharded_checkpoint_loads_through_its_index_with_the_same_weights(
+def test_a_sharded_checkpoint_is_read_through_its_index_with_the_same_tensors(
     tiny_checkpoint: Path, sharded: Path
 ) -> None:
-    config = AXK1Config.from_pretrained(sharded)
     single, split = CheckpointTensors(tiny_checkpoint), CheckpointTensors(sharded)
     assert {entry.file.name for entry in split.entries.values()} == {
         "model-trunk.safetensors",
         "model-layer-1.safetensors",
         "model-layer-2.safetensors",
     }
-    first = Trunk.load(single, config, torch.float32, "cpu").state_dict()
-    second = Trunk.load(split, config, torch.float32, "cpu").state_dict()
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[name], second[name]) for name in first)
-
-
-@pytest.mark.parametrize("shards", [1, 2, 4])
-def test_each_expert_shard_reads_its_share_of_the_expert_bytes_and_nothing_else(sharded: Path, shards: int) -> None:
-    config = AXK1Config.from_pretrained(sharded)
-    experts = {name: entry for name, entry in CheckpointTensors(sharded).entries.items() if ".experts." in name}
-    total = sum(entry.nbytes for entry in experts.values())
-    for shard in range(shards):
-        tensors = CheckpointTensors(sharded)
-        bank = ExpertBank(tensors, config, shard_experts(8, shard, shards), torch.float32, "cpu")
-        assert tensors.bytes_read == total // shards
-        assert bank.gate_up[1].shape == (8 // shards, 2 * config.moe_intermediate_size, config.hidden_size)
+    assert {name: (e.shape, e.dtype) for name, e in single.entries.items()} == {
+        name: (e.shape, e.dtype) for name, e in split.entries.items()
+    }
+    check_vllm_checkpoint(sharded, on_cpu=True)
 
 
 def test_a_missing_expert_tensor_is_named(sharded: Path) -> None:
@@ -74,9 +59,8 @@ def test_a_missing_expert_tensor_is_named(sharded: Path) -> None:
     tensors = load_file(sharded / file_name)
     del tensors[EXPERT]
     save_file(tensors, sharded / file_name)
-    config = AXK1Config.from_pretrained(sharded)
     with pytest.raises(CheckpointError, match=f"tensor `{EXPERT}` is missing from the checkpoint"):
-        check_expert_tensors(CheckpointTensors(sharded), config)
+        check_vllm_checkpoint(sharded, on_cpu=True)
 
 
 def test_an_index_that_points_at_the_wrong_file_is_named(sharded: Path) -> None:
@@ -116,17 +100,4 @@ def test_a_shape_that_does_not_match_config_json_names_the_tensor_and_the_config
         match=r"tensor `model\.layers\.1\.mlp\.experts\.0\.gate_proj\.weight` .* "
         r"has shape \[64, 128\], but config.json implies \[48, 128\]",
     ):
-        check_expert_tensors(CheckpointTensors(sharded), AXK1Config.from_pretrained(sharded))
-
-
-def test_a_trunk_shape_mismatch_is_named_before_any_weight_is_read(sharded: Path) -> None:
-    config = json.loads((sharded / "config.json").read_text())
-    config["kv_lora_rank"] = 24
-    (sharded / "config.json").write_text(json.dumps(config))
-    tensors = CheckpointTensors(sharded)
-    with pytest.raises(
-        CheckpointError,
-        match=r"tensor `model\.layers\.0\.self_attn\.kv_a_proj_with_mqa\.weight` .* has shape \[576, 128\], but config",
-    ):
-        Trunk.load(tensors, AXK1Config.from_pretrained(sharded), torch.float32, "cpu")
-    assert tensors.bytes_read == 0
+        check_vllm_checkpoint(sharded, on_cpu=False)

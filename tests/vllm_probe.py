@@ -22,7 +22,10 @@ def prompt_logprobs(checkpoint: str, token_ids: list[int]) -> list[dict[str, flo
 
     llm = LLM(model=checkpoint, **local_engine_kwargs(512, "float32"))
     params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=TOP)
-    (output,) = llm.generate(TokensPrompt(prompt_token_ids=token_ids), params, use_tqdm=False)
+    try:
+        (output,) = llm.generate(TokensPrompt(prompt_token_ids=token_ids), params, use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # its engine-core and worker processes go now, not at exit
     # Entry t (t ≥ 1) is the distribution of token t given tokens[:t]; entry 0 has none.
     return [{str(token): entry.logprob for token, entry in position.items()} for position in output.prompt_logprobs[1:]]
 
@@ -57,3 +60,6 @@ if __name__ == "__main__":
         result = rotary_errors()
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(result, handle)
+    # The answer is written; skip interpreter teardown, where vLLM's engine-core client threads sometimes
+    # abort the process ("terminate called without an active exception") after the work is done.
+    os._exit(0)
