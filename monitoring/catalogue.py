@@ -115,23 +115,32 @@ class EngineMetric:
     description: str
 
 
-ENGINE_METRICS = (
-    EngineMetric("vllm:time_to_first_token_seconds", "histogram", "Time from arrival in vLLM to the first token."),
-    EngineMetric("vllm:inter_token_latency_seconds", "histogram", "Time between consecutive tokens of a request."),
-    EngineMetric("vllm:request_queue_time_seconds", "histogram", "Time a request waited in vLLM's queue."),
-    EngineMetric("vllm:e2e_request_latency_seconds", "histogram", "Time from arrival in vLLM to the last token."),
-    EngineMetric("vllm:num_requests_running", "gauge", "Requests in vLLM's running batch."),
-    EngineMetric("vllm:num_requests_waiting", "gauge", "Requests queued in vLLM, waiting for KV-cache room."),
-    EngineMetric("vllm:kv_cache_usage_perc", "gauge", "Share of vLLM's KV-cache blocks in use (0 to 1)."),
-    EngineMetric("vllm:num_preemptions", "counter", "Running requests vLLM evicted to free KV cache."),
+ENGINE_TTFT = EngineMetric(
+    "vllm:time_to_first_token_seconds", "histogram", "Time from arrival in vLLM to the first token."
 )
-KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
-PREEMPTIONS = "vllm:num_preemptions_total"
-ENGINE_QUEUE = "vllm:num_requests_waiting"
-ENGINE_RUNNING = "vllm:num_requests_running"
-ENGINE_TTFT = "vllm:time_to_first_token_seconds"
-ENGINE_ITL = "vllm:inter_token_latency_seconds"
-ENGINE_QUEUE_TIME = "vllm:request_queue_time_seconds"
+ENGINE_ITL = EngineMetric(
+    "vllm:inter_token_latency_seconds", "histogram", "Time between consecutive tokens of a request."
+)
+ENGINE_QUEUE_TIME = EngineMetric(
+    "vllm:request_queue_time_seconds", "histogram", "Time a request waited in vLLM's queue."
+)
+ENGINE_LATENCY = EngineMetric(
+    "vllm:e2e_request_latency_seconds", "histogram", "Time from arrival in vLLM to the last token."
+)
+ENGINE_RUNNING = EngineMetric("vllm:num_requests_running", "gauge", "Requests in vLLM's running batch.")
+ENGINE_QUEUE = EngineMetric("vllm:num_requests_waiting", "gauge", "Requests queued in vLLM, waiting for KV-cache room.")
+KV_CACHE_USAGE = EngineMetric("vllm:kv_cache_usage_perc", "gauge", "Share of vLLM's KV-cache blocks in use (0 to 1).")
+PREEMPTIONS = EngineMetric("vllm:num_preemptions", "counter", "Running requests vLLM evicted to free KV cache.")
+ENGINE_METRICS = (
+    ENGINE_TTFT,
+    ENGINE_ITL,
+    ENGINE_QUEUE_TIME,
+    ENGINE_LATENCY,
+    ENGINE_RUNNING,
+    ENGINE_QUEUE,
+    KV_CACHE_USAGE,
+    PREEMPTIONS,
+)
 
 # --- residency -----------------------------------------------------------------------------------
 

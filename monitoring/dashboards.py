@@ -38,11 +38,10 @@ def _quantiles(metric: Any, by: str, selector: str = "") -> list[tuple[str, str]
     ]
 
 
-def _engine_quantiles(name: str) -> list[tuple[str, str]]:
+def _engine_quantiles(metric: c.EngineMetric) -> list[tuple[str, str]]:
     """p50 and p99 of one of vLLM's histograms, over every replica."""
-    return [
-        (f"histogram_quantile({q}, sum by (le) (rate({name}_bucket{RATE})))", f"p{int(q * 100)}") for q in (0.5, 0.99)
-    ]
+    bucket = f"{metric.name}_bucket"
+    return [(f"histogram_quantile({q}, sum by (le) (rate({bucket}{RATE})))", f"p{int(q * 100)}") for q in (0.5, 0.99)]
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ SERVING = Dashboard(
             "Requests running and waiting",
             [(_name(c.REQUESTS_RUNNING), "running"), (_name(c.REQUESTS_WAITING), "waiting")],
         ),
-        Panel("KV cache usage", [(f"max({c.KV_CACHE_USAGE})", "highest replica")], "percentunit"),
+        Panel("KV cache usage", [(f"max({c.KV_CACHE_USAGE.name})", "highest replica")], "percentunit"),
         Panel(
             "Tokens by tenant",
             [
@@ -137,13 +136,13 @@ ENGINE = Dashboard(
         Panel("Queue time (vLLM)", _engine_quantiles(c.ENGINE_QUEUE_TIME), "s"),
         Panel(
             "Requests running and queued (vLLM)",
-            [(f"sum({c.ENGINE_RUNNING})", "running"), (f"sum({c.ENGINE_QUEUE})", "queued")],
+            [(f"sum({c.ENGINE_RUNNING.name})", "running"), (f"sum({c.ENGINE_QUEUE.name})", "queued")],
             description="A queue that stays above zero means the replicas are full: the autoscaler should add one.",
         ),
-        Panel("KV cache usage (vLLM)", [(f"max({c.KV_CACHE_USAGE})", "highest replica")], "percentunit"),
+        Panel("KV cache usage (vLLM)", [(f"max({c.KV_CACHE_USAGE.name})", "highest replica")], "percentunit"),
         Panel(
             "Preemptions",
-            [(f"sum(rate({c.PREEMPTIONS}{RATE}))", "preempted")],
+            [(f"sum(rate({c.PREEMPTIONS.name}_total{RATE}))", "preempted")],
             "ops",
             description="Running requests evicted for KV-cache room and recomputed later: wasted work.",
         ),
